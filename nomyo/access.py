@@ -1,0 +1,77 @@
+"""One access line per request, and the record handlers fill in for it.
+
+The line is written when the request ends however it ends (answered, failed, or cut off by the
+client), so the journal always shows what happened to each request. It never contains the query
+string or any header: that is where keys travel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+log = logging.getLogger("nomyo.access")
+
+
+class AccessRecord:
+    """What the handler learned about one request: model, backend, tokens, how it ended."""
+
+    __slots__ = ("model", "backend", "status", "outcome", "prompt_tokens", "completion_tokens", "caller")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.backend: str | None = None
+        self.status: int | None = None
+        self.outcome: str | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.caller: str | None = None
+
+    def count(self, counts: tuple[int, int] | None) -> None:
+        if counts is not None:
+            self.prompt_tokens, self.completion_tokens = counts
+
+
+ACCESS = web.RequestKey("access", AccessRecord)
+
+
+def access_of(request: web.Request) -> AccessRecord:
+    return request[ACCESS]
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Outermost middleware: times the request and logs its line in `finally`."""
+
+    record = AccessRecord()
+    request[ACCESS] = record
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+        record.status = response.status
+        return response
+    except asyncio.CancelledError:
+        record.outcome = record.outcome or "client-disconnected"
+        raise
+    finally:
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", format_line(request, record, time.perf_counter() - started))
+
+
+def format_line(request: web.Request, record: AccessRecord, seconds: float) -> str:
+    parts = [request.method, request.path]
+    if record.model is not None:
+        parts.append(f"model={record.model}")
+    if record.backend is not None:
+        parts.append(f"backend={record.backend}")
+    parts.append(f"status={record.status if record.status is not None else '-'}")
+    parts.append(f"duration={seconds * 1000:.1f}ms")
+    if record.prompt_tokens or record.completion_tokens:
+        parts.append(f"tokens={record.prompt_tokens}/{record.completion_tokens}")
+    parts.append(f"outcome={record.outcome or ('ok' if (record.status or 500) < 400 else 'error')}")
+    if record.caller is not None:
+        parts.append(f"caller={record.caller}")
+    return " ".join(parts)

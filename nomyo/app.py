@@ -1,0 +1,75 @@
+"""Build the aiohttp application: middlewares, routes, and the router's lifecycle.
+
+No singletons: everything a handler needs hangs off `app[ROUTER]`, so tests can run several
+routers in one process and a reload swaps state without touching module globals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from .access import access_log_middleware, access_of
+from .auth import auth_middleware
+from .config import Config
+from .errors import RouterError, error_response, is_openai_path, render
+from .handlers import fleet, ollama
+from .keys import ROUTER
+from .router import Router
+
+log = logging.getLogger("nomyo.app")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Every failure becomes a clear answer in the caller's dialect; never a traceback."""
+
+    try:
+        return await handler(request)
+    except RouterError as exc:
+        access_of(request).outcome = access_of(request).outcome or "rejected"
+        return render(request.path, exc)
+    except web.HTTPException as exc:
+        return _http_exception(request, exc)
+    except ConnectionResetError:
+        raise
+    except Exception:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        access_of(request).outcome = "internal-error"
+        return error_response(request.path, 500, "internal error in the router; see its log")
+
+
+def _http_exception(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 in the caller's dialect (Ollama answers with gin's plain text)."""
+
+    if exc.status == 413:
+        return error_response(request.path, 413, "request body too large")
+    if is_openai_path(request.path) and exc.status >= 400:
+        return error_response(request.path, exc.status, exc.reason or "error")
+    if exc.status == 404:
+        return web.Response(status=404, text="404 page not found", content_type="text/plain")
+    if exc.status == 405:
+        return web.Response(status=405, text="405 method not allowed", content_type="text/plain")
+    return exc
+
+
+def build_app(config: Config, router: Router | None = None) -> web.Application:
+    """The application for `config`. The router starts and stops with the app."""
+
+    app = web.Application(
+        middlewares=[access_log_middleware, auth_middleware, error_middleware],
+        client_max_size=config.max_body_size,
+    )
+    app[ROUTER] = router or Router(config)
+    fleet.add_routes(app)
+    ollama.add_routes(app)
+    app.cleanup_ctx.append(_router_lifecycle)
+    return app
+
+
+async def _router_lifecycle(app: web.Application):
+    router = app[ROUTER]
+    await router.start()
+    yield
+    await router.stop()

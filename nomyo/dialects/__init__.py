@@ -1,0 +1,1 @@
+"""Wire formats of the two dialects the router speaks: Ollama's native API and OpenAI's."""

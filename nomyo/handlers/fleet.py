@@ -1,0 +1,111 @@
+"""Fleet-wide views in Ollama's shapes: /, /api/version, /api/tags, /api/ps, /api/show.
+
+A client asking the router what models exist sees one Ollama with the union of the fleet: each
+model once, whichever backends hold it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+from aiohttp import web
+
+from ..access import access_of
+from ..dialects.ollama import JSON_UTF8, parse_body, require_model
+from ..errors import RouterError, model_not_found
+from ..fleet import Backend
+from ..keys import ROUTER
+from ..names import normalize_model
+from ..poller import parse_expiry
+
+
+def json_response(payload, status: int = 200) -> web.Response:
+    response = web.Response(status=status, body=orjson.dumps(payload))
+    response.headers["Content-Type"] = JSON_UTF8
+    return response
+
+
+async def root(request: web.Request) -> web.Response:
+    """Clients and health checks probe `GET /` for Ollama's liveness text."""
+
+    return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+async def version(request: web.Request) -> web.Response:
+    """The lowest version among healthy Ollama backends: what every backend can do."""
+
+    router = request.app[ROUTER]
+    versions = [b.status.version for b in router.fleet.healthy() if b.config.is_ollama and b.status.version]
+    if not versions:
+        raise RouterError(503, "no Ollama backend is reachable", headers={"Retry-After": "5"})
+    return json_response({"version": min(versions, key=_version_key)})
+
+
+def _ollama_backends(request: web.Request) -> list[Backend]:
+    return [b for b in request.app[ROUTER].fleet.healthy() if b.config.is_ollama]
+
+
+async def tags(request: web.Request) -> web.Response:
+    """Every model of every healthy backend, once."""
+
+    seen: dict[str, dict] = {}
+    for backend in _ollama_backends(request):
+        for entry in backend.status.tags:
+            name = normalize_model(str(entry.get("model") or entry.get("name") or ""))
+            seen.setdefault(name, entry)
+    return json_response({"models": list(seen.values())})
+
+
+async def ps(request: web.Request) -> web.Response:
+    """Loaded models, asked of the backends now (so an unload a moment ago shows), merged by
+    name with the latest expiry, newest expiry first as Ollama sorts them."""
+
+    router = request.app[ROUTER]
+    await router.poller.refresh_all([b for b in router.fleet.backends.values() if b.config.is_ollama],
+                                    max_age=0.25)
+    now = time.time()
+    merged: dict[str, tuple[float, dict]] = {}
+    for backend in _ollama_backends(request):
+        for entry in backend.status.ps:
+            expiry = parse_expiry(entry.get("expires_at"))
+            if expiry <= now:
+                continue
+            name = normalize_model(str(entry.get("model") or entry.get("name") or ""))
+            if name not in merged or expiry > merged[name][0]:
+                merged[name] = (expiry, entry)
+    ordered = sorted(merged.values(), key=lambda item: item[0], reverse=True)
+    return json_response({"models": [entry for _, entry in ordered]})
+
+
+async def show(request: web.Request) -> web.StreamResponse:
+    """Asked of a healthy backend that has the model, where it is loaded if possible."""
+
+    router = request.app[ROUTER]
+    access = access_of(request)
+    raw = await request.read()
+    model = require_model(parse_body(raw))
+    access.model = model
+    key = normalize_model(model)
+    now = time.time()
+    holders = [b for b in router.fleet.with_model(key) if b.status.healthy and b.config.is_ollama]
+    if not holders:
+        await router.poller.refresh_all(max_age=0.5)
+        holders = [b for b in router.fleet.with_model(key) if b.status.healthy and b.config.is_ollama]
+    if not holders:
+        raise model_not_found(model)
+    holders.sort(key=lambda b: not b.status.is_loaded(key, now))
+    return await router.forward_unleased(request, access, holders, "/api/show", raw)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/", root)
+    app.router.add_get("/api/version", version)
+    app.router.add_get("/api/tags", tags)
+    app.router.add_get("/api/ps", ps)
+    app.router.add_post("/api/show", show)

@@ -1,0 +1,67 @@
+"""Ollama's inference endpoints: /api/chat, /api/generate, /api/embed, /api/embeddings.
+
+Thin by design: read the body once, check the few fields routing needs, and hand the client's
+own bytes to the router. Types are checked here so that a malformed request gets Ollama's 400
+instead of reaching (and occupying a slot on) a backend.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..access import access_of
+from ..dialects.ollama import is_load_or_unload, parse_body, require_model
+from ..errors import bad_request
+from ..keys import ROUTER
+from ..names import normalize_model
+
+# JSON types per field, for the fields Ollama itself would reject when mistyped.
+STRING, BOOL, LIST, OBJECT, NUMBER = str, bool, list, dict, (int, float)
+DURATION = (str, int, float)
+FIELD_TYPES = {
+    "/api/chat": {"messages": LIST, "stream": BOOL, "tools": LIST, "options": OBJECT,
+                  "format": (str, dict), "keep_alive": DURATION, "think": (bool, str)},
+    "/api/generate": {"prompt": STRING, "suffix": STRING, "system": STRING, "template": STRING,
+                      "images": LIST, "context": LIST, "raw": BOOL, "stream": BOOL,
+                      "options": OBJECT, "format": (str, dict), "keep_alive": DURATION,
+                      "think": (bool, str)},
+    "/api/embed": {"input": (str, list), "truncate": BOOL, "dimensions": int, "options": OBJECT,
+                   "keep_alive": DURATION},
+    "/api/embeddings": {"prompt": STRING, "options": OBJECT, "keep_alive": DURATION},
+}
+JSON_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object",
+              int: "an integer", float: "a number"}
+
+
+def check_types(path: str, payload: dict) -> None:
+    for field, expected in FIELD_TYPES.get(path, {}).items():
+        value = payload.get(field)
+        if value is None:
+            continue
+        kinds = expected if isinstance(expected, tuple) else (expected,)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            wanted = " or ".join(JSON_NAMES[k] for k in kinds)
+            raise bad_request(f"invalid type for '{field}': expected {wanted}", param=field)
+    inputs = payload.get("input")
+    if path == "/api/embed" and isinstance(inputs, list) and not all(isinstance(i, str) for i in inputs):
+        raise bad_request("invalid input type", param="input")
+
+
+async def inference(request: web.Request) -> web.StreamResponse:
+    """Route one inference request to the backend where its model is best served."""
+
+    router = request.app[ROUTER]
+    access = access_of(request)
+    raw = await request.read()
+    payload = parse_body(raw)
+    model = require_model(payload)
+    access.model = model
+    path = request.path
+    check_types(path, payload)
+    return await router.forward(request, access, normalize_model(model), path, raw,
+                                native=True, changes_loaded=is_load_or_unload(path, payload), display=model)
+
+
+def add_routes(app: web.Application) -> None:
+    for path in FIELD_TYPES:
+        app.router.add_post(path, inference)

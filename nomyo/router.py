@@ -1,0 +1,152 @@
+"""The live state of one daemon: current configuration and fleet, the table, the poller, and the
+one shared HTTP client session; and the path of an inference request through them.
+
+Requests read `router.config` and `router.fleet` once at their start; a reload builds the new
+fleet (polled), then swaps both references, so a swap never tears a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+
+from . import __version__
+from .access import AccessRecord
+from .config import Config
+from .errors import RouterError, model_not_found
+from .fleet import Backend, Fleet
+from .policy import make_policy
+from .poller import Poller
+from .relay import BackendUnreachable, relay
+from .table import ConnectionTable, Lease
+
+log = logging.getLogger("nomyo.router")
+MAX_ATTEMPTS = 3
+USER_AGENT = f"nomyo-router/{__version__}"
+
+
+def build_fleet(config: Config, previous: Fleet | None = None) -> Fleet:
+    """Backends for `config`; an endpoint whose configuration did not change keeps its Backend
+    object (and with it its status and polling task) across a reload."""
+
+    backends = []
+    for endpoint in config.endpoints:
+        old = previous.backends.get(endpoint.name) if previous else None
+        backends.append(old if old is not None and old.config == endpoint else Backend(endpoint))
+    return Fleet(backends)
+
+
+def make_session(config: Config) -> aiohttp.ClientSession:
+    """One pooled client for every upstream call. No per-request clients, no total timeout
+    (LLM streams run for minutes); bytes are relayed as they come, never decompressed."""
+
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
+    )
+
+
+class Router:
+    """Everything a request needs. Built from a Config; `start`/`stop` own the background parts."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.fleet = build_fleet(config)
+        self.table = ConnectionTable(self.fleet, make_policy(config.routing_policy),
+                                     max_queue=config.max_queue, queue_timeout=config.queue_timeout)
+        self.session: aiohttp.ClientSession | None = None
+        self.poller: Poller | None = None
+
+    async def start(self) -> None:
+        """Open the client session, poll every backend once (so the first requests route well),
+        then keep polling in the background."""
+
+        self.session = make_session(self.config)
+        self.poller = Poller(self.session, self.fleet, interval=self.config.poll_interval,
+                             timeout=self.config.poll_timeout, user_agent=USER_AGENT)
+        await self.poller.refresh_all()
+        self.poller.start()
+
+    async def stop(self) -> None:
+        if self.poller is not None:
+            await self.poller.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    async def reload(self, config: Config) -> None:
+        """Adopt a new, already validated configuration: build and poll the new fleet, then swap."""
+
+        fleet = build_fleet(config, self.fleet)
+        fresh = [b for b in fleet.backends.values() if b.status.checked_at == 0.0]
+        await self.poller.refresh_all(fresh, fleet=fleet)
+        self.table.set_fleet(fleet, make_policy(config.routing_policy),
+                             max_queue=config.max_queue, queue_timeout=config.queue_timeout)
+        await self.poller.set_fleet(fleet, interval=config.poll_interval, timeout=config.poll_timeout)
+        self.config, self.fleet = config, fleet
+
+    # -- the path of one inference request -----------------------------------------------------
+
+    async def acquire(self, model: str, native: bool, display: str | None = None) -> Lease:
+        """A slot for `model`. On a routing miss the backends are asked again at once (the model
+        may have been pulled on a backend directly a moment ago) before answering 404/503;
+        a 404 names the model as the client spelled it (`display`)."""
+
+        try:
+            return await self.table.acquire(model, native)
+        except RouterError as exc:
+            if exc.status not in (404, 503) or exc.code == "server_busy":
+                raise
+        await self.poller.refresh_all(max_age=0.5)
+        try:
+            return await self.table.acquire(model, native)
+        except RouterError as exc:
+            if exc.status == 404 and display is not None:
+                raise model_not_found(display) from None
+            raise
+
+    async def forward(self, request: web.Request, access: AccessRecord, model: str, path: str,
+                      body: bytes, *, native: bool = True, changes_loaded: bool = False,
+                      display: str | None = None) -> web.StreamResponse:
+        """Route `body` for `model` to the best backend and relay the answer. A backend that
+        cannot be reached before anything was sent is taken out and the next one is tried."""
+
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            lease = await self.acquire(model, native, display)
+            try:
+                backend = lease.backend
+                access.backend = backend.name
+                was_loaded = backend.status.is_loaded(model, time.time())
+                response = await relay(request, self.session, backend, path, body, access,
+                                       connect_timeout=self.config.connect_timeout)
+                if changes_loaded or not was_loaded:
+                    self.poller.refresh_soon(backend)
+                return response
+            except BackendUnreachable as exc:
+                log.warning("%s (attempt %d of %d)", exc, attempt, MAX_ATTEMPTS)
+                self.poller.mark_down(lease.backend, exc.reason)
+                if attempt == MAX_ATTEMPTS:
+                    raise RouterError(502, str(exc), code="backend_unreachable") from None
+            finally:
+                lease.release()
+        raise AssertionError("unreachable")
+
+    async def forward_unleased(self, request: web.Request, access: AccessRecord,
+                               backends: list[Backend], path: str, body: bytes) -> web.StreamResponse:
+        """Send a request that takes no model slot (e.g. /api/show) to the first reachable backend."""
+
+        last: BackendUnreachable | None = None
+        for backend in backends[:MAX_ATTEMPTS]:
+            access.backend = backend.name
+            try:
+                return await relay(request, self.session, backend, path, body, access,
+                                   connect_timeout=self.config.connect_timeout)
+            except BackendUnreachable as exc:
+                self.poller.mark_down(backend, exc.reason)
+                last = exc
+        raise RouterError(502, str(last) if last else "no backend is reachable", code="backend_unreachable")

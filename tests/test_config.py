@@ -1,0 +1,136 @@
+"""Configuration: the original's format unchanged, the richer form, and errors that name file:line: key."""
+
+import textwrap
+
+import pytest
+
+from nomyo.config import ConfigError, load_config, parse_listen
+from nomyo.names import normalize_model
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_original_format_is_accepted_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_KEY", "sk-test")
+    path = write(tmp_path, """\
+        # config.yaml
+        endpoints:
+          - http://192.168.0.50:11434
+          - http://192.168.0.51:11434
+          - https://api.openai.com/v1
+        llama_server_endpoints:
+          - http://localhost:8080/v1
+        max_concurrent_connections: 2
+        nomyo-router-api-key: ""
+        api_keys:
+          "http://192.168.0.50:11434": "ollama"
+          "https://api.openai.com/v1": "${OPENAI_KEY}"
+          "http://localhost:8080/v1": "llama-server"
+        cache_enabled: false
+        """)
+    config = load_config(path)
+    by_url = {e.url: e for e in config.endpoints}
+    assert [e.type for e in config.endpoints] == ["ollama", "ollama", "openai", "llama-server"]
+    assert all(e.max_concurrent_connections == 2 for e in config.endpoints)
+    assert by_url["http://192.168.0.50:11434"].api_key == "ollama"
+    assert by_url["http://192.168.0.51:11434"].api_key is None
+    assert by_url["https://api.openai.com/v1"].api_key == "sk-test"
+    assert by_url["http://localhost:8080/v1"].api_key == "llama-server"
+    assert config.router_api_keys == {}
+    assert config.listen == "127.0.0.1:12434"
+    assert any("cache_enabled: not supported, ignored" in w for w in config.warnings)
+
+
+def test_rich_endpoint_form(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPU_KEY", "secret")
+    path = write(tmp_path, """\
+        listen: 0.0.0.0:9000
+        max_concurrent_connections: 3
+        endpoints:
+          - name: gpu1
+            url: http://gpu1:11434/
+            max_concurrent_connections: 4
+            model_slots: {"Llama3": 1}
+            api_key: ${GPU_KEY}
+          - http://gpu2:11434
+          - name: vllm
+            url: http://vllm:8000/v1
+            type: openai
+        """)
+    config = load_config(path)
+    gpu1, gpu2, vllm = config.endpoints
+    assert (gpu1.name, gpu1.url, gpu1.api_key) == ("gpu1", "http://gpu1:11434", "secret")
+    assert gpu1.slots_for("llama3:latest") == 1 and gpu1.slots_for("other:latest") == 4
+    assert gpu2.max_concurrent_connections == 3 and gpu2.name == "gpu2:11434"
+    assert vllm.type == "openai"
+    assert (config.listen_host, config.listen_port) == ("0.0.0.0", 9000)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("endpoints: [http://a:1]\nbogus: 1\n", ":2: bogus: unknown key"),
+        ("endpoints:\n  - http://a:1\nmax_concurrent_connections: zero\n",
+         ":3: max_concurrent_connections: must be a number"),
+        ("endpoints:\n  - http://a:1\nmax_concurrent_connections: 0\n",
+         ":3: max_concurrent_connections: must be at least 1"),
+        ("endpoints:\n  - ftp://a\n", ":2: endpoints[0]: must be an http:// or https:// URL"),
+        ("endpoints:\n  - name: x\n    url: http://a:1\n    color: red\n", ":4: endpoints[0].color: unknown key"),
+        ("endpoints:\n  - name: x\n    url: http://a:1\n    type: grpc\n", ":4: endpoints[0].type: must be one of"),
+        ("endpoints:\n  - name: x\n", ":2: endpoints[0].url: is required"),
+        ("listen: nowhere\n", ":1: listen: must be host:port"),
+        ("endpoints: [http://a:1, http://a:1]\n", "two endpoints are named 'a:1'"),
+        ("endpoints: [http://a:1\n", "invalid YAML"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(str(path))
+    assert expected in str(info.value)
+
+
+def test_unset_environment_variable_is_reported_not_sent(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOPE_KEY", raising=False)
+    path = write(tmp_path, "endpoints:\n  - name: x\n    url: http://a:1\n    api_key: ${NOPE_KEY}\n")
+    config = load_config(path)
+    assert config.endpoints[0].api_key is None
+    assert any("NOPE_KEY is not set" in w for w in config.warnings)
+
+
+def test_router_keys_from_config_and_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("NOMYO_ROUTER_API_KEY", "from-env")
+    path = write(tmp_path, "endpoints: []\nrouter_api_keys: {ci: k1}\n")
+    assert dict(load_config(path).router_api_keys) == {"ci": "k1", "default": "from-env"}
+    path = write(tmp_path, "endpoints: []\nnomyo-router-api-key: file-key\n")
+    assert dict(load_config(path).router_api_keys) == {"default": "file-key"}
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_reference_config_is_valid():
+    config = load_config("etc/nomyo/config.yaml")
+    assert config.endpoints[0].url == "http://127.0.0.1:11434"
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("127.0.0.1:80", ("127.0.0.1", 80)), ("[::1]:12434", ("::1", 12434)), (":9", ("0.0.0.0", 9)),
+])
+def test_parse_listen(value, expected):
+    assert parse_listen(value) == expected
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("llama3", "llama3:latest"), ("Llama3:LATEST", "llama3:latest"), ("ns/model:7b", "ns/model:7b"),
+    ("registry:5000/ns/model", "registry:5000/ns/model:latest"),
+])
+def test_model_names_normalise_like_ollama(name, expected):
+    assert normalize_model(name) == expected
