@@ -33,3 +33,35 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench-results tests/artifacts
+
+# ---------------------------------------------------------------------------------------------
+# make install [DESTDIR=/staging] [PREFIX=/usr/local] [VENVDIR=/opt/nomyo-router] [INSTALL_PYTHON=python3]
+# The package goes into its own virtualenv; the venv's launcher finds its interpreter relative to
+# itself, so a tree staged under DESTDIR runs where it is and after it is moved into place.
+PREFIX ?= /usr/local
+VENVDIR ?= /opt/nomyo-router
+INSTALL_PYTHON ?= $(PYTHON)
+UNITDIR ?= /lib/systemd/system
+SYSCONFDIR ?= /etc
+ROOT_VENV := $(DESTDIR)$(VENVDIR)
+
+.PHONY: install
+install:
+	$(INSTALL_PYTHON) -m venv --clear $(ROOT_VENV)
+	$(ROOT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(ROOT_VENV)/bin/python -m pip install -q --no-cache-dir .
+	install -m 0755 systemd/venv-launcher $(ROOT_VENV)/bin/nomyo-router
+	install -d $(DESTDIR)$(PREFIX)/bin
+	printf '#!/bin/sh\nexec %s/bin/python -m nomyo "$$@"\n' '$(VENVDIR)' > $(DESTDIR)$(PREFIX)/bin/nomyo-router
+	chmod 0755 $(DESTDIR)$(PREFIX)/bin/nomyo-router
+	install -d $(DESTDIR)$(SYSCONFDIR)/nomyo
+	test -e $(DESTDIR)$(SYSCONFDIR)/nomyo/config.yaml || \
+		install -m 0644 etc/nomyo/config.yaml $(DESTDIR)$(SYSCONFDIR)/nomyo/config.yaml
+	install -d $(DESTDIR)$(UNITDIR)
+	sed -e 's|/opt/nomyo-router|$(VENVDIR)|g' -e 's|/etc/nomyo|$(SYSCONFDIR)/nomyo|g' \
+		-e 's|/usr/local/share|$(PREFIX)/share|g' \
+		systemd/nomyo-router.service > $(DESTDIR)$(UNITDIR)/nomyo-router.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/nomyo-router.service
+	install -D -m 0644 share/man/nomyo-router.8 $(DESTDIR)$(PREFIX)/share/man/man8/nomyo-router.8
+	install -d $(DESTDIR)$(PREFIX)/share/doc/nomyo-router
+	install -m 0644 README.md share/doc/*.md $(DESTDIR)$(PREFIX)/share/doc/nomyo-router/

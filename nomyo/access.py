@@ -13,6 +13,8 @@ import time
 
 from aiohttp import web
 
+from .keys import ROUTER
+
 log = logging.getLogger("nomyo.access")
 
 
@@ -49,6 +51,8 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
     record = AccessRecord()
     request[ACCESS] = record
     started = time.perf_counter()
+    router = request.app[ROUTER]
+    router.active_requests += 1
     try:
         response = await handler(request)
         record.status = response.status
@@ -57,6 +61,7 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
         record.outcome = record.outcome or "client-disconnected"
         raise
     finally:
+        router.active_requests -= 1
         if log.isEnabledFor(logging.INFO):
             log.info("%s", format_line(request, record, time.perf_counter() - started))
 

@@ -80,6 +80,7 @@ class Config:
     queue_timeout: float = 300.0
     max_queue: int = 512
     connect_timeout: float = 5.0
+    drain_timeout: float = 60.0
     max_body_size: int = 100 * 1024 * 1024
     routing_policy: str = "loaded-first"
     log_level: str = "info"
@@ -328,7 +329,7 @@ TOP_KEYS = frozenset(
     {
         "endpoints", "llama_server_endpoints", "max_concurrent_connections", "api_keys",
         "nomyo-router-api-key", "router_api_keys", "listen", "poll_interval", "poll_timeout",
-        "queue_timeout", "max_queue", "connect_timeout", "max_body_size", "routing_policy",
+        "queue_timeout", "max_queue", "connect_timeout", "drain_timeout", "max_body_size", "routing_policy",
         "log_level",
     }
 )
@@ -393,6 +394,7 @@ def build_config(data: Any, path: str) -> Config:
         queue_timeout=top.number("queue_timeout", 300.0, minimum=0),
         max_queue=top.number("max_queue", 512, kind=int, minimum=0),
         connect_timeout=top.number("connect_timeout", 5.0, minimum=0.1),
+        drain_timeout=top.number("drain_timeout", 60.0, minimum=0),
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),
         routing_policy=top.string("routing_policy", "loaded-first", choices=ROUTING_POLICIES),
         log_level=top.string("log_level", "info", choices=LOG_LEVELS),

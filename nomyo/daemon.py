@@ -1,8 +1,9 @@
 """Start, serve, reload and stop the daemon.
 
-SIGTERM/SIGINT stop accepting connections and let in-flight requests finish (up to
-`drain_timeout`); SIGHUP re-reads the configuration, and a bad file leaves the running one in
-place with its error logged.
+SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (up to
+`drain_timeout`), then close the rest and flush; a second signal stops waiting at once.
+SIGHUP: re-read the configuration; a bad file leaves the running one in place, its error logged.
+systemd hears about each step through sd_notify.
 """
 
 from __future__ import annotations
@@ -17,22 +18,26 @@ from .app import build_app
 from .config import Config, ConfigError, load_config
 from .keys import ROUTER
 from .logs import set_level
+from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
 
 log = logging.getLogger("nomyo.daemon")
-DRAIN_TIMEOUT = 60.0
 
 
 class Daemon:
     """One running router process: the app runner, its listening site and its signals."""
 
-    def __init__(self, config: Config, config_path: str | None):
+    def __init__(self, config: Config, config_path: str | None, notifier: Notifier | None = None):
         self.config = config
         self.config_path = config_path
+        self.notifier = notifier or Notifier()
         self.app = build_app(config)
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None,
-                                    shutdown_timeout=DRAIN_TIMEOUT)
+        # Draining is ours (see shutdown); aiohttp only closes what is left after it.
+        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        self._stop_requests = 0
+        self._stop_waiting = asyncio.Event()
         self._stopping = asyncio.Event()
         self._reloading: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
         await self.runner.setup()
@@ -42,18 +47,68 @@ class Daemon:
         for warning in self.config.warnings:
             log.warning("%s", warning)
         log.info("listening on http://%s with %d backends", self.config.listen, len(self.config.endpoints))
+        self.notifier.ready(self._status())
+        interval = watchdog_interval()
+        if interval:
+            self._watchdog = asyncio.create_task(watchdog(self.notifier, interval))
+
+    def _status(self) -> str:
+        fleet = self.app[ROUTER].fleet
+        healthy = len(fleet.healthy())
+        return f"serving on {self.config.listen}: {healthy} of {len(fleet.backends)} backends up"
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         await self.start()
-        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self._stopping.set)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         await self._stopping.wait()
-        log.info("stopping: no new connections; letting in-flight requests finish")
-        await self.runner.cleanup()
-        log.info("stopped")
+        await self.shutdown()
         return 0
+
+    def request_stop(self, why: str = "stop requested") -> None:
+        """First call: drain. Second call: stop waiting for in-flight requests."""
+
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            log.info("%s: no new connections; letting in-flight requests finish (up to %gs)",
+                     why, self.config.drain_timeout)
+            self.notifier.stopping()
+            self._stopping.set()
+        elif self._stop_requests == 2:
+            log.warning("%s again: closing in-flight requests now", why)
+            self._stop_waiting.set()
+
+    async def shutdown(self) -> None:
+        """Stop listening, let in-flight requests finish, then close the rest and clean up
+        (the app's cleanup stops the poller and flushes what is pending)."""
+
+        cancel_quietly(self._watchdog)
+        cancel_quietly(self._reloading)
+        router = self.app[ROUTER]
+        for site in list(self.runner.sites):
+            await site.stop()
+        await router.begin_shutdown()
+        left = await self._drain(router)
+        if left:
+            log.warning("closing %d request(s) still in flight after the drain", left)
+        await self.runner.cleanup()
+        self.notifier.close()
+        log.info("stopped")
+
+    async def _drain(self, router) -> int:
+        """Wait until no request is in flight, the drain timeout passes, or a second signal."""
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout
+        while router.active_requests and loop.time() < deadline and not self._stop_waiting.is_set():
+            self.notifier.status(f"draining: {router.active_requests} request(s) in flight")
+            try:
+                await asyncio.wait_for(self._stop_waiting.wait(), 0.05)
+            except TimeoutError:
+                pass
+        return router.active_requests
 
     def _schedule_reload(self) -> None:
         if self._reloading is None or self._reloading.done():
@@ -65,10 +120,12 @@ class Daemon:
         if not self.config_path:
             log.warning("reload requested, but the router runs without a configuration file")
             return False
+        self.notifier.reloading()
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            self.notifier.ready(f"reload failed, running the previous configuration: {exc}")
             return False
         if (config.listen_host, config.listen_port) != (self.config.listen_host, self.config.listen_port):
             log.warning("listen address changed to %s: that takes a restart; still on %s",
@@ -79,4 +136,5 @@ class Daemon:
             log.warning("%s", warning)
         self.config = config
         log.info("configuration reloaded from %s: %d backends", self.config_path, len(config.endpoints))
+        self.notifier.ready(self._status())
         return True

@@ -100,16 +100,20 @@ class Poller:
         """Poll `backend` now and publish what was seen (to `fleet`, by default the current one).
         Polls of one backend run one at a time."""
 
+        requested_at = time.time()
         lock = self._locks.setdefault(backend, asyncio.Lock())
         async with lock:
+            if backend.status.checked_at >= requested_at:
+                return backend.status  # a poll that started after we asked just finished: share it
             old = backend.status
+            started = time.time()
             try:
                 async with asyncio.timeout(self.timeout):
                     status = await self._probe(backend)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 status = old.down(describe_failure(exc, self.timeout))
-            if status.healthy and old.healthy_since is not None:
-                status = _with_healthy_since(status, old.healthy_since)
+            status = replace(status, checked_at=started,
+                             healthy_since=(old.healthy_since or started) if status.healthy else None)
             self._log_transition(backend, old, status)
             (fleet or self.fleet).set_status(backend, status)
             return status
@@ -180,8 +184,6 @@ class Poller:
             ps=ps_list,
             version=str(version.get("version")) if isinstance(version, dict) else None,
             error=None,
-            checked_at=now,
-            healthy_since=now,
         )
 
     async def _probe_openai(self, backend: Backend) -> BackendStatus:
@@ -190,12 +192,11 @@ class Poller:
         listing = await self._get_json(backend, "/models")
         ids = [m.get("id") for m in (listing.get("data") or []) if isinstance(m, dict)]
         models = frozenset(normalize_model(i) for i in ids if isinstance(i, str) and i)
-        now = time.time()
         return BackendStatus(
             healthy=True, models=models,
             loaded=MappingProxyType({m: NEVER for m in models}),
             tags=tuple({"id": i} for i in ids if isinstance(i, str)),
-            error=None, checked_at=now, healthy_since=now,
+            error=None,
         )
 
     def _log_transition(self, backend: Backend, old: BackendStatus, new: BackendStatus) -> None:
@@ -209,10 +210,6 @@ class Poller:
 def _model_name(entry: dict) -> str:
     name = entry.get("model") or entry.get("name") or ""
     return name if isinstance(name, str) else ""
-
-
-def _with_healthy_since(status: BackendStatus, since: float) -> BackendStatus:
-    return replace(status, healthy_since=since)
 
 
 def describe_failure(exc: BaseException, timeout: float) -> str:

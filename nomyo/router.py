@@ -62,6 +62,8 @@ class Router:
                                      max_queue=config.max_queue, queue_timeout=config.queue_timeout)
         self.session: aiohttp.ClientSession | None = None
         self.poller: Poller | None = None
+        self.active_requests = 0  # counted by the access middleware; the drain waits for 0
+        self._shutdown_hooks: list = []
 
     async def start(self) -> None:
         """Open the client session, poll every backend once (so the first requests route well),
@@ -72,6 +74,15 @@ class Router:
                              timeout=self.config.poll_timeout, user_agent=USER_AGENT)
         await self.poller.refresh_all()
         self.poller.start()
+
+    def on_shutdown(self, hook) -> None:
+        """`await hook()` when the daemon starts draining (e.g. to end long-lived SSE streams)."""
+
+        self._shutdown_hooks.append(hook)
+
+    async def begin_shutdown(self) -> None:
+        for hook in self._shutdown_hooks:
+            await hook()
 
     async def stop(self) -> None:
         if self.poller is not None:

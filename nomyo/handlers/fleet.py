@@ -67,8 +67,7 @@ async def ps(request: web.Request) -> web.Response:
     name with the latest expiry, newest expiry first as Ollama sorts them."""
 
     router = request.app[ROUTER]
-    await router.poller.refresh_all([b for b in router.fleet.backends.values() if b.config.is_ollama],
-                                    max_age=0.25)
+    await router.poller.refresh_all([b for b in router.fleet.backends.values() if b.config.is_ollama])
     now = time.time()
     merged: dict[str, tuple[float, dict]] = {}
     for backend in _ollama_backends(request):

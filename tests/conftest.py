@@ -1,0 +1,108 @@
+"""Shared fixtures: real fake backends on 127.0.0.1, and the real router app on a real port.
+
+Every router started here is checked when its test ends: no reserved slot, nobody queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from nomyo.app import build_app
+from nomyo.config import Config, build_config
+from nomyo.keys import ROUTER
+from nomyo.router import Router
+from tests.fakes.ollama_backend import FakeOllama
+
+
+async def eventually(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until `predicate()` holds (state that settles asynchronously, e.g. a freed slot)."""
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+@dataclass
+class RunningRouter:
+    url: str
+    router: Router
+    config: Config
+
+    @property
+    def table(self):
+        return self.router.table
+
+    def backend(self, name: str):
+        return self.router.fleet.backends[name]
+
+    async def settled(self) -> None:
+        """No slot reserved and nobody waiting (in-flight handlers may need a moment to unwind)."""
+
+        await eventually(lambda: self.table.total_inflight() == 0 and self.table.queued == 0,
+                         what="no reserved slot and an empty queue")
+
+
+@pytest.fixture
+async def fakes():
+    """`await fakes(name=..., models=[...], ...)` starts a FakeOllama; all are stopped at the end."""
+
+    started: list[FakeOllama] = []
+
+    async def start(name: str = "fake", **kwargs) -> FakeOllama:
+        kwargs.setdefault("strict_host", True)
+        fake = FakeOllama(name=name, **kwargs)
+        await fake.start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        await fake.stop()
+
+
+def router_config(backends, **settings) -> Config:
+    """A Config for the given fakes: each as a named endpoint, fast polling for tests."""
+
+    slots = settings.pop("slots", 1)
+    endpoints = []
+    for backend in backends:
+        if isinstance(backend, dict):
+            endpoints.append(backend)
+        else:
+            endpoints.append({"name": backend.name, "url": backend.url, "max_concurrent_connections": slots})
+    document = {"endpoints": endpoints, "poll_interval": 0.2, "poll_timeout": 1.0, "queue_timeout": 10,
+                "connect_timeout": 1.0}
+    document.update(settings)
+    return build_config(document, "test-config.yaml")
+
+
+@pytest.fixture
+async def start_router(aiohttp_server):
+    """`await start_router([fake, ...], slots=2, queue_timeout=...)` serves the real app on a port."""
+
+    running: list[RunningRouter] = []
+
+    async def start(backends, **settings) -> RunningRouter:
+        config = router_config(backends, **settings)
+        app = build_app(config)
+        server = await aiohttp_server(app)  # TestServer runs with handler_cancellation=True
+        handle = RunningRouter(url=str(server.make_url("")).rstrip("/"), router=app[ROUTER], config=config)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.settled()
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,96 @@
+"""The real daemon process: command line, readiness, signals, and `make demo`'s script."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+
+import aiohttp
+import pytest
+
+PYTHON = sys.executable
+
+
+async def run_cli(*args, env=None):
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "nomyo", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})})
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_version_and_check_config(tmp_path):
+    code, out, _ = await run_cli("--version")
+    assert code == 0 and re.match(r"nomyo-router \d+\.\d+", out)
+    good = tmp_path / "good.yaml"
+    good.write_text("endpoints: [http://127.0.0.1:11434]\n")
+    code, out, _ = await run_cli("--check-config", str(good))
+    assert code == 0 and "OK" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("endpoints: [http://127.0.0.1:11434]\nmax_concurent_connections: 2\n")
+    code, _, err = await run_cli("--check-config", str(bad))
+    assert code == 1 and f"{bad}:2: max_concurent_connections: unknown key" in err
+    code, _, err = await run_cli("--config", str(bad))
+    assert code == 2 and "unknown key" in err
+
+
+async def test_daemon_serves_and_stops_cleanly_on_sigterm(fakes, tmp_path, unused_tcp_port):
+    a = await fakes("a", loaded=["llama3:latest"])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"listen: 127.0.0.1:{unused_tcp_port}\nendpoints:\n  - {a.url}\n")
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "nomyo", "--config", str(config), stderr=asyncio.subprocess.PIPE)
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def ready():
+                try:
+                    async with http.post(url + "/api/generate",
+                                         json={"model": "llama3", "prompt": "hi", "stream": False}) as resp:
+                        return (await resp.json())["response"]
+                except aiohttp.ClientError:
+                    return None
+            for _ in range(100):
+                answer = await ready()
+                if answer:
+                    break
+                await asyncio.sleep(0.1)
+            assert answer == "Hello from a"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        log = (await process.stderr.read()).decode()
+        assert "listening on http://127.0.0.1" in log
+        assert "POST /api/generate model=llama3 backend=" in log and "status=200" in log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_demo_script_starts_a_working_router(unused_tcp_port):
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "tests.fakes.demo", "--port", str(unused_tcp_port), "--seconds", "20",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        text = ""
+        while "Ctrl-C" not in text:
+            line = await asyncio.wait_for(process.stdout.readline(), 30)
+            assert line, "the demo ended before printing its banner"
+            text += line.decode()
+        url = re.search(r"router:\s+(http://\S+)", text).group(1)
+        body = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+        async with aiohttp.ClientSession() as http, http.post(url + "/api/chat", json=body) as resp:
+            assert resp.status == 200
+            assert "simulated Ollama" in (await resp.json())["message"]["content"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--log-level"])
+async def test_bad_flag_values_are_rejected(flag):
+    code, _, err = await run_cli("--config", "etc/nomyo/config.yaml", flag, "nonsense")
+    assert code == 2 and err

@@ -1,0 +1,142 @@
+"""The real daemon under signals: SIGHUP reloads, SIGTERM drains, sd_notify tells systemd."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.daemon_process import DaemonProcess, post_json
+
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    started: list[DaemonProcess] = []
+
+    async def start(config_text: str, env=None) -> DaemonProcess:
+        process = DaemonProcess(tmp_path / "config.yaml", env)
+        started.append(process)
+        return await process.start(config_text)
+
+    yield start
+    for process in started:
+        await process.stop()
+
+
+def endpoints(*fakes) -> str:
+    return "endpoints:\n" + "".join(f"  - name: {f.name}\n    url: {f.url}\n" for f in fakes)
+
+
+async def stream_lines(session, url, body=CHAT) -> list[dict]:
+    async with session.post(url + "/api/chat", data=orjson.dumps(body)) as resp:
+        assert resp.status == 200
+        return [orjson.loads(line) for line in (await resp.read()).splitlines()]
+
+
+async def test_sighup_adds_a_backend_and_traffic_flows_to_it(fakes, daemon):
+    a = await fakes("a")
+    b = await fakes("b", models=["fresh:latest"])
+    router = await daemon(endpoints(a))
+    async with aiohttp.ClientSession() as http:
+        status, body = await post_json(http, router.url + "/api/generate",
+                                       {"model": "fresh", "prompt": "x", "stream": False})
+        assert (status, body) == (404, {"error": "model 'fresh' not found"})
+        await router.reload(endpoints(a, b))
+        status, body = await post_json(http, router.url + "/api/generate",
+                                       {"model": "fresh", "prompt": "x", "stream": False})
+        assert status == 200 and body["response"] == "Hello from b"
+
+
+async def test_sighup_removing_a_backend_lets_its_stream_finish(fakes, daemon):
+    a = await fakes("a", loaded=["llama3:latest"])
+    b = await fakes("b")
+    a.gate = asyncio.Event()
+    router = await daemon(endpoints(a))
+    async with aiohttp.ClientSession() as http:
+        in_flight = asyncio.create_task(stream_lines(http, router.url))
+        await a.wait_until(lambda: a.active == 1)
+        await router.reload(endpoints(b))
+        after = await stream_lines(http, router.url)   # new requests go to b
+        assert after[-1]["done"] and "".join(x["message"]["content"] for x in after) == "Hello from b"
+        a.gate.set()
+        lines = await in_flight                        # the old stream completes on a
+        assert lines[-1]["done"] and "".join(x["message"]["content"] for x in lines) == "Hello from a"
+    assert a.disconnects == 0
+
+
+async def test_sighup_with_a_broken_file_keeps_the_old_config(fakes, daemon):
+    a = await fakes("a")
+    router = await daemon(endpoints(a))
+    await router.reload("endpoints: [http://x:1\n", expect="reload failed, keeping the running configuration")
+    await router.reload("endpoints: []\nbogus_key: 1\n", expect="bogus_key: unknown key")
+    async with aiohttp.ClientSession() as http:
+        lines = await stream_lines(http, router.url)
+    assert lines[-1]["done"]
+    assert str(router.config_path) in router.log
+
+
+async def test_sigterm_lets_streams_finish_then_exits_0(fakes, daemon):
+    a = await fakes("a", loaded=["llama3:latest"])
+    a.gate = asyncio.Event()
+    router = await daemon(endpoints(a) + "max_concurrent_connections: 3\n")
+    async with aiohttp.ClientSession() as http:
+        streams = [asyncio.create_task(stream_lines(http, router.url)) for _ in range(3)]
+        await a.wait_until(lambda: a.active == 3)
+        router.signal(signal.SIGTERM)
+        await router.wait_for_log("letting in-flight requests finish")
+        with pytest.raises(aiohttp.ClientConnectionError):  # no new connections while draining
+            async with aiohttp.ClientSession() as fresh:
+                await stream_lines(fresh, router.url)
+        await asyncio.sleep(0.3)
+        a.gate.set()
+        results = await asyncio.gather(*streams)
+    assert all(lines[-1]["done"] for lines in results)
+    assert await router.wait() == 0
+    assert "stopped" in router.log and a.disconnects == 0
+
+
+async def test_second_sigterm_stops_waiting(fakes, daemon):
+    a = await fakes("a", loaded=["llama3:latest"])
+    a.gate = asyncio.Event()  # never set: the stream would wait forever
+    router = await daemon(endpoints(a))
+    async with aiohttp.ClientSession() as http:
+        stream = asyncio.create_task(stream_lines(http, router.url))
+        await a.wait_until(lambda: a.active == 1)
+        router.signal(signal.SIGTERM)
+        await router.wait_for_log("letting in-flight requests finish")
+        router.signal(signal.SIGTERM)
+        assert await router.wait(timeout=10) == 0
+        with pytest.raises(aiohttp.ClientError):
+            await stream
+    assert "closing in-flight requests now" in router.log
+    await a.wait_until(lambda: a.disconnects == 1)
+
+
+async def test_sd_notify_messages_in_order(fakes, daemon, tmp_path):
+    a = await fakes("a")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    router = await daemon(endpoints(a), env={"NOTIFY_SOCKET": path})
+    await router.reload()
+    router.signal(signal.SIGTERM)
+    assert await router.wait() == 0
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            break
+    sock.close()
+    kinds = [m.split("\n")[0].split("=")[0] for m in messages]
+    assert kinds[:4] == ["READY", "RELOADING", "READY", "STOPPING"]
+    assert "STATUS=serving on 127.0.0.1" in messages[0] and "1 of 1 backends up" in messages[0]
+    reloading = dict(line.split("=", 1) for line in messages[1].split("\n"))
+    assert int(reloading["MONOTONIC_USEC"]) > 0
