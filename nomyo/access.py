@@ -21,10 +21,12 @@ log = logging.getLogger("nomyo.access")
 class AccessRecord:
     """What the handler learned about one request: model, backend, tokens, how it ended."""
 
-    __slots__ = ("model", "backend", "status", "outcome", "prompt_tokens", "completion_tokens", "caller")
+    __slots__ = ("backend", "caller", "completion_tokens", "model", "model_key", "outcome", "prompt_tokens",
+                 "status")
 
     def __init__(self) -> None:
-        self.model: str | None = None
+        self.model: str | None = None  # as the client spelled it (for the log line)
+        self.model_key: str | None = None  # normalised (for counting per backend and model)
         self.backend: str | None = None
         self.status: int | None = None
         self.outcome: str | None = None

@@ -132,6 +132,7 @@ class Router:
             try:
                 backend = lease.backend
                 access.backend = backend.name
+                access.model_key = model
                 was_loaded = backend.status.is_loaded(model, time.time())
                 response = await relay(request, self.session, backend, path, body, access,
                                        connect_timeout=self.config.connect_timeout)
