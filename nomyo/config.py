@@ -29,6 +29,7 @@ from .names import normalize_model
 
 DEFAULT_CONFIG_PATH = "/etc/nomyo/config.yaml"
 DEFAULT_LISTEN = "127.0.0.1:12434"
+DEFAULT_DB_PATH = "/var/lib/nomyo/usage.db"
 ENDPOINT_TYPES = ("ollama", "openai", "llama-server")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -37,7 +38,7 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 IGNORED_ORIGINAL_KEYS = frozenset(
     {
         "cache_enabled", "cache_backend", "cache_similarity", "cache_ttl", "cache_db_path",
-        "cache_redis_url", "cache_history_weight", "cache_max_entries", "db_path",
+        "cache_redis_url", "cache_history_weight", "cache_max_entries",
     }
 )
 
@@ -83,7 +84,12 @@ class Config:
     drain_timeout: float = 60.0
     max_body_size: int = 100 * 1024 * 1024
     routing_policy: str = "loaded-first"
+    cold_load_spread: int = 1
     log_level: str = "info"
+    db_path: str = DEFAULT_DB_PATH
+    flush_interval: float = 1.0
+    usage_stream_interval: float = 0.25
+    usage_stream_heartbeat: float = 15.0
     warnings: tuple[str, ...] = ()
 
     @property
@@ -330,11 +336,12 @@ TOP_KEYS = frozenset(
         "endpoints", "llama_server_endpoints", "max_concurrent_connections", "api_keys",
         "nomyo-router-api-key", "router_api_keys", "listen", "poll_interval", "poll_timeout",
         "queue_timeout", "max_queue", "connect_timeout", "drain_timeout", "max_body_size", "routing_policy",
-        "log_level",
+        "cold_load_spread",
+        "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
-ROUTING_POLICIES = ("loaded-first",)
+ROUTING_POLICIES = ("loaded-first", "original")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -397,7 +404,13 @@ def build_config(data: Any, path: str) -> Config:
         drain_timeout=top.number("drain_timeout", 60.0, minimum=0),
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),
         routing_policy=top.string("routing_policy", "loaded-first", choices=ROUTING_POLICIES),
+        cold_load_spread=top.number("cold_load_spread", 1, kind=int, minimum=1),
         log_level=top.string("log_level", "info", choices=LOG_LEVELS),
+        # The original's NOMYO_ROUTER_DB_PATH is the default when the file names no path.
+        db_path=top.string("db_path") or os.environ.get("NOMYO_ROUTER_DB_PATH") or DEFAULT_DB_PATH,
+        flush_interval=top.number("flush_interval", 1.0, minimum=0.01),
+        usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
+        usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
         warnings=tuple(warnings),
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -44,6 +44,18 @@ class BackendStatus:
         )
 
 
+def _changed_models(old: BackendStatus, new: BackendStatus) -> set[str]:
+    """Models whose routing options differ between two snapshots of one backend."""
+
+    if old.healthy != new.healthy:
+        return set(old.models | new.models)
+    changed = set(old.models ^ new.models)
+    for model in old.loaded.keys() | new.loaded.keys():
+        if old.loaded.get(model) != new.loaded.get(model):
+            changed.add(model)
+    return changed
+
+
 class Backend:
     """A configured endpoint and its latest status. The config never changes; a reload that
     changes an endpoint creates a new Backend, so in-flight requests finish on the old one."""
@@ -59,12 +71,29 @@ class Backend:
         return f"<Backend {self.name} {self.config.url} healthy={self.status.healthy}>"
 
 
+class RouteOption:
+    """One healthy backend as a routing option for one model, precomputed when the fleet changes
+    so that a decision only adds the live counts: no allocation, no lookups beyond two dicts."""
+
+    __slots__ = ("backend", "key", "loaded_until", "name", "ollama", "slots")
+
+    def __init__(self, backend: Backend, model: str):
+        self.backend = backend
+        self.name = backend.name
+        self.key = (backend.name, model)
+        self.slots = backend.config.slots_for(model)
+        self.loaded_until = backend.status.loaded.get(model, 0.0)
+        self.ollama = backend.config.is_ollama
+
+
 class Fleet:
     """All backends of one configuration, with a model index for routing."""
 
     def __init__(self, backends: Iterable[Backend]):
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
         self._index: dict[str, tuple[Backend, ...]] = {}
+        self._options: dict[str, tuple[RouteOption, ...]] = {}
+        self._native_options: dict[str, tuple[RouteOption, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.reindex()
 
@@ -78,22 +107,51 @@ class Fleet:
 
         if self.backends.get(backend.name) is not backend:
             return
-        backend.status = status
-        self.reindex()
+        old, backend.status = backend.status, status
+        self._reindex_models(_changed_models(old, status))
         for listener in self._listeners:
             listener()
 
     def reindex(self) -> None:
-        index: dict[str, list[Backend]] = {}
-        for backend in self.backends.values():
-            for model in backend.status.models:
-                index.setdefault(model, []).append(backend)
-        self._index = {model: tuple(found) for model, found in index.items()}
+        """Rebuild the whole index (a new fleet)."""
+
+        self._index, self._options, self._native_options = {}, {}, {}
+        self._reindex_models({m for b in self.backends.values() for m in b.status.models})
+
+    def _reindex_models(self, models: set[str]) -> None:
+        """Rebuild the index entries of `models` only: a poll usually changes few or none, and a
+        fleet of 50 backends × 100 models must not rebuild 5,000 options every poll."""
+
+        backends = list(self.backends.values())
+        for model in models:
+            found = tuple(b for b in backends if model in b.status.models)
+            if not found:
+                for table in (self._index, self._options, self._native_options):
+                    table.pop(model, None)
+                continue
+            routable = tuple(RouteOption(b, model) for b in found if b.status.healthy)
+            self._index[model] = found
+            self._options[model] = routable
+            self._native_options[model] = tuple(o for o in routable if o.ollama)
 
     def with_model(self, model: str) -> tuple[Backend, ...]:
         """Backends that advertise `model` (healthy or not)."""
 
         return self._index.get(model, ())
+
+    def options(self, model: str, native: bool = False) -> tuple[RouteOption, ...]:
+        """Healthy backends that advertise `model`, as routing options (Ollama ones if `native`)."""
+
+        return (self._native_options if native else self._options).get(model, ())
+
+    def note_loaded(self, backend: Backend, model: str, until: float) -> None:
+        """A request just ran `model` on `backend`: it is loaded there now, whatever the last poll
+        said. Routing can prefer it at once instead of starting a second cold load elsewhere."""
+
+        status = backend.status
+        if status.loaded.get(model, 0.0) > time.time():
+            return
+        self.set_status(backend, replace(status, loaded=MappingProxyType({**status.loaded, model: until})))
 
     def healthy(self) -> list[Backend]:
         return [b for b in self.backends.values() if b.status.healthy]

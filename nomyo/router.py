@@ -25,6 +25,9 @@ from .table import ConnectionTable, Lease
 
 log = logging.getLogger("nomyo.router")
 MAX_ATTEMPTS = 3
+# Until the poller reads the real expiry, a model that just answered is assumed loaded for
+# Ollama's default keep-alive.
+ASSUMED_KEEP_ALIVE = 300.0
 USER_AGENT = f"nomyo-router/{__version__}"
 
 
@@ -58,7 +61,7 @@ class Router:
     def __init__(self, config: Config):
         self.config = config
         self.fleet = build_fleet(config)
-        self.table = ConnectionTable(self.fleet, make_policy(config.routing_policy),
+        self.table = ConnectionTable(self.fleet, make_policy(config.routing_policy, config.cold_load_spread),
                                      max_queue=config.max_queue, queue_timeout=config.queue_timeout)
         self.session: aiohttp.ClientSession | None = None
         self.poller: Poller | None = None
@@ -96,7 +99,7 @@ class Router:
         fleet = build_fleet(config, self.fleet)
         fresh = [b for b in fleet.backends.values() if b.status.checked_at == 0.0]
         await self.poller.refresh_all(fresh, fleet=fleet)
-        self.table.set_fleet(fleet, make_policy(config.routing_policy),
+        self.table.set_fleet(fleet, make_policy(config.routing_policy, config.cold_load_spread),
                              max_queue=config.max_queue, queue_timeout=config.queue_timeout)
         await self.poller.set_fleet(fleet, interval=config.poll_interval, timeout=config.poll_timeout)
         self.config, self.fleet = config, fleet
@@ -136,6 +139,8 @@ class Router:
                 was_loaded = backend.status.is_loaded(model, time.time())
                 response = await relay(request, self.session, backend, path, body, access,
                                        connect_timeout=self.config.connect_timeout)
+                if not was_loaded and not changes_loaded and access.status == 200:
+                    self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
                 if changes_loaded or not was_loaded:
                     self.poller.refresh_soon(backend)
                 return response

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 
 from .errors import RouterError, model_not_found, server_busy
-from .fleet import Backend, Fleet
-from .policy import Candidate, Policy
+from .fleet import Backend, Fleet, RouteOption
+from .policy import Policy
 
 
 class Lease:
@@ -149,12 +149,18 @@ class ConnectionTable:
         elif not delivered and not waiter.cancelled() and waiter.exception() is None:
             waiter.result().release()
 
+    def decide(self, model: str, native: bool = False) -> RouteOption | None:
+        """The policy's choice for `model` now (None: it would wait), without reserving.
+        Raises RouterError when no healthy backend has the model."""
+
+        options = self.fleet.options(model, native)
+        if not options:
+            raise self._why_none(model, native)
+        return self.policy.choose(options, self._inflight, self._load, time.time())
+
     def _try_reserve(self, model: str, native: bool) -> Lease | None:
-        candidates = self.candidates(model, native)
-        choice = self.policy.choose(candidates)
-        if choice is None:
-            return None
-        return self._reserve(choice.backend, model)
+        choice = self.decide(model, native)
+        return None if choice is None else self._reserve(choice.backend, model)
 
     def _reserve(self, backend: Backend, model: str) -> Lease:
         key = (backend.name, model)
@@ -180,25 +186,6 @@ class ConnectionTable:
         self._hand_over((lease.model, True))
 
     # -- decisions -----------------------------------------------------------------------------
-
-    def candidates(self, model: str, native: bool = False) -> list[Candidate]:
-        """Healthy backends advertising `model`, with their counts. Raises when there are none."""
-
-        now = time.time()
-        found = []
-        for backend in self.fleet.with_model(model):
-            status = backend.status
-            if status.healthy and (backend.config.is_ollama or not native):
-                found.append(Candidate(
-                    backend=backend,
-                    loaded=status.is_loaded(model, now),
-                    inflight=self._inflight.get((backend.name, model), 0),
-                    slots=backend.config.slots_for(model),
-                    backend_load=self._load.get(backend.name, 0),
-                ))
-        if not found:
-            raise self._why_none(model, native)
-        return found
 
     def _why_none(self, model: str, native: bool) -> RouterError:
         unreachable = [b.name for b in self.fleet.with_model(model)

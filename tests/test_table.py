@@ -179,7 +179,7 @@ async def test_waiters_fail_when_every_holder_goes_down():
 
 
 async def test_waiter_served_when_a_new_backend_appears():
-    a, b = backend("a"), backend("b", models=())
+    a, b = backend("a", loaded=["llama3:latest"]), backend("b", models=())
     fleet = Fleet([a, b])
     table = ConnectionTable(fleet, make_policy("loaded-first"), max_queue=4, queue_timeout=5)
     held = await table.acquire("llama3:latest")
@@ -205,4 +205,49 @@ async def test_reload_keeps_counts_of_backends_that_stay():
         await asyncio.wait_for(table.acquire("llama3:latest"), 0.05)
     held.release()
     second.release()
+    assert_idle(table)
+
+
+async def test_cold_burst_loads_on_one_backend_and_waits_for_it():
+    """Nothing loaded anywhere, 2 slots per backend, 5 requests at once: the first two go to one
+    backend (one load), the rest wait instead of starting loads on the other idle backends.
+    When that load is done, the waiters spill to one more backend (one more load), and the
+    last one gets the first backend's next free slot."""
+    table = table_for(backend("a", slots=2), backend("b", slots=2), backend("c", slots=2))
+    first = await table.acquire("llama3:latest")
+    second = await table.acquire("llama3:latest")
+    assert first.backend is second.backend
+    waiters = [asyncio.create_task(table.acquire("llama3:latest")) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert table.queued == 3
+    table.fleet.note_loaded(first.backend, "llama3:latest", time.time() + 300)  # the load is done
+    third, fourth = await asyncio.gather(*waiters[:2])
+    assert third.backend is fourth.backend and third.backend is not first.backend
+    assert table.queued == 1
+    first.release()
+    fifth = await waiters[2]
+    assert fifth.backend is first.backend
+    for lease in (second, third, fourth, fifth):
+        lease.release()
+    assert_idle(table)
+
+
+async def test_cold_load_spread_allows_parallel_loads():
+    fleet = Fleet([backend("a"), backend("b"), backend("c")])
+    table = ConnectionTable(fleet, make_policy("loaded-first", cold_load_spread=2), max_queue=4, queue_timeout=5)
+    leases = [await table.acquire("llama3:latest") for _ in range(2)]
+    assert len({lease.backend.name for lease in leases}) == 2
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(table.acquire("llama3:latest"), 0.05)
+    for lease in leases:
+        lease.release()
+
+
+async def test_original_like_policy_overcommits_and_spreads_cold_bursts():
+    fleet = Fleet([backend("a"), backend("b")])
+    table = ConnectionTable(fleet, make_policy("original"), max_queue=4, queue_timeout=5)
+    leases = [await table.acquire("llama3:latest") for _ in range(4)]
+    assert sorted(lease.backend.name for lease in leases) == ["a", "a", "b", "b"]  # 2 loads, then overcommit
+    for lease in leases:
+        lease.release()
     assert_idle(table)

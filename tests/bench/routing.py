@@ -42,21 +42,22 @@ async def acquire_release_us(table: ConnectionTable, iterations: int) -> float:
 
 
 def decision_us(table: ConnectionTable, iterations: int) -> float:
-    """`policy.choose(table.candidates(model))`: the decision without the reservation."""
+    """`table.decide(model)`: the decision without the reservation."""
 
     start = time.perf_counter()
     for _ in range(iterations):
-        table.policy.choose(table.candidates(MODEL))
+        table.decide(MODEL)
     return (time.perf_counter() - start) / iterations * 1e6
 
 
 def choose_only_us(table: ConnectionTable, iterations: int) -> float:
-    """The policy alone, on candidates built once (to see where the time goes)."""
+    """The policy alone, on the fleet's precomputed options and empty counts."""
 
-    candidates = table.candidates(MODEL)
+    options = table.fleet.options(MODEL)
+    now = time.time()
     start = time.perf_counter()
     for _ in range(iterations):
-        table.policy.choose(candidates)
+        table.policy.choose(options, {}, {}, now)
     return (time.perf_counter() - start) / iterations * 1e6
 
 

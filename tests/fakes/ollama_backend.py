@@ -270,6 +270,7 @@ class FakeOllama:
         self.active_by_model: dict[str, int] = {}
         self.max_active_by_model: dict[str, int] = {}
         self.disconnects = self.served = self.failed = 0
+        self.loads: dict[str, int] = {}  # model key -> loads started (cold starts), like Ollama's scheduler
         self.rejected_hosts: list[str] = []
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -560,6 +561,7 @@ class FakeOllama:
             self._live_loaded()
             entry = self._loaded.get(key)
             if entry is None:
+                self.loads[key] = self.loads.get(key, 0) + 1
                 await asyncio.sleep(self.load_delay)
                 entry = self._loaded[key] = _Loaded(spec, 0, keep_alive)
             entry.refs += 1
