@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/nomyo/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test lint bench clean
+.PHONY: setup run demo test lint bench bench-fleet clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ lint: setup
 
 bench: setup
 	$(PY) -m tests.bench
+
+bench-fleet: setup
+	$(PY) -m tests.bench.fleet
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench-results tests/artifacts

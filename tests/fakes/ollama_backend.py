@@ -123,6 +123,7 @@ class FakeOllama:
         strict_host: bool = False,
         pullable: Iterable[str] | None = None,
         max_recorded: int = 10_000,
+        max_loaded: int | None = None,
     ):
         self.name = name
         self.version = version
@@ -133,6 +134,7 @@ class FakeOllama:
         self.load_delay = load_delay
         self.embedding_dim = embedding_dim
         self.strict_host = strict_host
+        self.max_loaded = max_loaded
         self.pullable = None if pullable is None else {model_key(n) for n in pullable}
         self.max_recorded = max_recorded
         self.gate: asyncio.Event | None = None
@@ -151,6 +153,7 @@ class FakeOllama:
         self._running.set()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._load_locks: dict[str, asyncio.Lock] = {}
+        self._scheduler = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
 
@@ -270,7 +273,9 @@ class FakeOllama:
         self.active_by_model: dict[str, int] = {}
         self.max_active_by_model: dict[str, int] = {}
         self.disconnects = self.served = self.failed = 0
-        self.loads: dict[str, int] = {}  # model key -> loads started (cold starts), like Ollama's scheduler
+        self.loads: dict[str, int] = {}  # model key -> loads started (cold starts)
+        self.load_log: list[tuple[str, float, float]] = []  # (model key, start, end) monotonic
+        self.evictions = 0  # idle models unloaded to make room (max_loaded)
         self.rejected_hosts: list[str] = []
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -561,14 +566,29 @@ class FakeOllama:
             self._live_loaded()
             entry = self._loaded.get(key)
             if entry is None:
-                self.loads[key] = self.loads.get(key, 0) + 1
-                await asyncio.sleep(self.load_delay)
-                entry = self._loaded[key] = _Loaded(spec, 0, keep_alive)
+                async with self._scheduler:  # like Ollama's scheduler: one load at a time
+                    await self._make_room()
+                    self.loads[key] = self.loads.get(key, 0) + 1
+                    started = time.monotonic()
+                    await asyncio.sleep(self.load_delay)
+                    self.load_log.append((key, started, time.monotonic()))
+                    entry = self._loaded[key] = _Loaded(spec, 0, keep_alive)
             entry.refs += 1
             entry.keep_alive_s = keep_alive
             entry.expires_ns = fmt.expiry_ns(time.time_ns(), keep_alive)
             ticket.held = entry
         ticket.load_ns = max(1, time.perf_counter_ns() - ticket.start_ns)
+
+    async def _make_room(self) -> None:
+        """With ``max_loaded`` set, evict an idle model to load another, or wait until one is
+        idle (Ollama's OLLAMA_MAX_LOADED_MODELS): models in use are never evicted."""
+        while self.max_loaded and len(self._live_loaded()) >= self.max_loaded:
+            idle = [k for k, e in self._loaded.items() if e.refs == 0]
+            if idle:
+                del self._loaded[min(idle, key=lambda k: self._loaded[k].expires_ns)]
+                self.evictions += 1
+                return
+            await asyncio.sleep(0.005)
 
     def _release(self, entry: _Loaded) -> None:
         """Stop holding a model: its keep-alive starts now; 0 unloads it (if nobody else uses it)."""
