@@ -21,8 +21,8 @@ log = logging.getLogger("nomyo.access")
 class AccessRecord:
     """What the handler learned about one request: model, backend, tokens, how it ended."""
 
-    __slots__ = ("backend", "caller", "completion_tokens", "model", "model_key", "outcome", "prompt_tokens",
-                 "status")
+    __slots__ = ("backend", "caller", "completion_tokens", "first_byte_at", "model", "model_key", "outcome",
+                 "prompt_tokens", "started_at", "status")
 
     def __init__(self) -> None:
         self.model: str | None = None  # as the client spelled it (for the log line)
@@ -33,6 +33,8 @@ class AccessRecord:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.caller: str | None = None
+        self.started_at: float | None = None  # time.perf_counter() at arrival
+        self.first_byte_at: float | None = None  # when the relay wrote the first chunk of a stream
 
     def count(self, counts: tuple[int, int] | None) -> None:
         if counts is not None:
@@ -52,7 +54,7 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
 
     record = AccessRecord()
     request[ACCESS] = record
-    started = time.perf_counter()
+    started = record.started_at = time.perf_counter()
     router = request.app[ROUTER]
     router.active_requests += 1
     try:
@@ -64,8 +66,19 @@ async def access_log_middleware(request: web.Request, handler) -> web.StreamResp
         raise
     finally:
         router.active_requests -= 1
+        seconds = time.perf_counter() - started
+        account(router, request, record, seconds)
         if log.isEnabledFor(logging.INFO):
-            log.info("%s", format_line(request, record, time.perf_counter() - started))
+            log.info("%s", format_line(request, record, seconds))
+
+
+def account(router, request: web.Request, record: AccessRecord, seconds: float) -> None:
+    """Tokens of a routed request that a backend answered (also a stream cut short: what was
+    generated counts), and every request in the metrics."""
+
+    if record.backend is not None and record.model_key is not None and (record.status or 0) < 400:
+        router.usage.record(record.backend, record.model_key, record.prompt_tokens, record.completion_tokens)
+    router.metrics.observe(request, record, seconds)
 
 
 def format_line(request: web.Request, record: AccessRecord, seconds: float) -> str:

@@ -10,11 +10,12 @@ import logging
 
 from aiohttp import web
 
+from . import dashboard
 from .access import access_log_middleware, access_of
 from .auth import auth_middleware
 from .config import Config
 from .errors import RouterError, error_response, is_openai_path, render
-from .handlers import fleet, ollama
+from .handlers import fleet, models, monitor, ollama, openai
 from .keys import ROUTER
 from .router import Router
 
@@ -64,6 +65,10 @@ def build_app(config: Config, router: Router | None = None) -> web.Application:
     app[ROUTER] = router or Router(config)
     fleet.add_routes(app)
     ollama.add_routes(app)
+    openai.add_routes(app)
+    models.add_routes(app)
+    monitor.add_routes(app)
+    dashboard.add_routes(app)
     app.cleanup_ctx.append(_router_lifecycle)
     return app
 

@@ -85,6 +85,8 @@ class Config:
     max_body_size: int = 100 * 1024 * 1024
     routing_policy: str = "loaded-first"
     cold_load_spread: int = 1
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 10.0
     log_level: str = "info"
     db_path: str = DEFAULT_DB_PATH
     flush_interval: float = 1.0
@@ -336,7 +338,7 @@ TOP_KEYS = frozenset(
         "endpoints", "llama_server_endpoints", "max_concurrent_connections", "api_keys",
         "nomyo-router-api-key", "router_api_keys", "listen", "poll_interval", "poll_timeout",
         "queue_timeout", "max_queue", "connect_timeout", "drain_timeout", "max_body_size", "routing_policy",
-        "cold_load_spread",
+        "cold_load_spread", "breaker_threshold", "breaker_cooldown",
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
     }
 )
@@ -405,6 +407,8 @@ def build_config(data: Any, path: str) -> Config:
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),
         routing_policy=top.string("routing_policy", "loaded-first", choices=ROUTING_POLICIES),
         cold_load_spread=top.number("cold_load_spread", 1, kind=int, minimum=1),
+        breaker_threshold=top.number("breaker_threshold", 3, kind=int, minimum=1),
+        breaker_cooldown=top.number("breaker_cooldown", 10.0, minimum=0.1),
         log_level=top.string("log_level", "info", choices=LOG_LEVELS),
         # The original's NOMYO_ROUTER_DB_PATH is the default when the file names no path.
         db_path=top.string("db_path") or os.environ.get("NOMYO_ROUTER_DB_PATH") or DEFAULT_DB_PATH,

@@ -16,6 +16,18 @@ from typing import Any
 
 from .config import EndpointConfig
 
+# `native` value for requests only OpenAI-compatible backends can serve (e.g. /v1/rerank).
+OPENAI_ONLY = "openai"
+
+
+def serves(backend: Backend, native: bool | str) -> bool:
+    """Whether `backend` may take a request: `native` True = Ollama backends only,
+    OPENAI_ONLY = OpenAI-compatible ones only, False = any."""
+
+    if native == OPENAI_ONLY:
+        return not backend.config.is_ollama
+    return backend.config.is_ollama or not native
+
 
 @dataclass(frozen=True, slots=True)
 class BackendStatus:
@@ -30,6 +42,7 @@ class BackendStatus:
     error: str | None = "not polled yet"
     checked_at: float = 0.0
     healthy_since: float | None = None
+    breaker: str = "closed"  # closed | open | half-open (see breaker.py)
 
     def is_loaded(self, model: str, now: float) -> bool:
         expiry = self.loaded.get(model)
@@ -40,14 +53,14 @@ class BackendStatus:
 
         return BackendStatus(
             healthy=False, models=self.models, loaded=MappingProxyType({}), tags=self.tags,
-            ps=(), version=self.version, error=error, checked_at=time.time(),
+            ps=(), version=self.version, error=error, checked_at=time.time(), breaker=self.breaker,
         )
 
 
 def _changed_models(old: BackendStatus, new: BackendStatus) -> set[str]:
     """Models whose routing options differ between two snapshots of one backend."""
 
-    if old.healthy != new.healthy:
+    if old.healthy != new.healthy or old.breaker != new.breaker:
         return set(old.models | new.models)
     changed = set(old.models ^ new.models)
     for model in old.loaded.keys() | new.loaded.keys():
@@ -81,7 +94,8 @@ class RouteOption:
         self.backend = backend
         self.name = backend.name
         self.key = (backend.name, model)
-        self.slots = backend.config.slots_for(model)
+        # half-open after a tripped circuit: one request at a time until it proves itself
+        self.slots = 1 if backend.status.breaker == "half-open" else backend.config.slots_for(model)
         self.loaded_until = backend.status.loaded.get(model, 0.0)
         self.ollama = backend.config.is_ollama
 
@@ -122,7 +136,9 @@ class Fleet:
         """Rebuild the index entries of `models` only: a poll usually changes few or none, and a
         fleet of 50 backends × 100 models must not rebuild 5,000 options every poll."""
 
-        backends = list(self.backends.values())
+        # Ollama backends first: policies keep the first of equals, so a tie goes where an /api
+        # request needs no translation (loaded-ness and free slots still decide before that).
+        backends = sorted(self.backends.values(), key=lambda b: not b.config.is_ollama)
         for model in models:
             found = tuple(b for b in backends if model in b.status.models)
             if not found:
@@ -139,9 +155,11 @@ class Fleet:
 
         return self._index.get(model, ())
 
-    def options(self, model: str, native: bool = False) -> tuple[RouteOption, ...]:
-        """Healthy backends that advertise `model`, as routing options (Ollama ones if `native`)."""
+    def options(self, model: str, native: bool | str = False) -> tuple[RouteOption, ...]:
+        """Healthy backends that advertise `model`, as routing options (see `serves`)."""
 
+        if native == OPENAI_ONLY:
+            return tuple(o for o in self._options.get(model, ()) if not o.ollama)
         return (self._native_options if native else self._options).get(model, ())
 
     def note_loaded(self, backend: Backend, model: str, until: float) -> None:
@@ -165,6 +183,7 @@ class Fleet:
                 "url": b.config.url,
                 "type": b.config.type,
                 "status": "ok" if b.status.healthy else "error",
+                "circuit": b.status.breaker,
                 "version": b.status.version,
                 "error": None if b.status.healthy else b.status.error,
                 "models": len(b.status.models),

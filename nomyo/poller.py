@@ -17,6 +17,7 @@ from types import MappingProxyType
 import aiohttp
 import orjson
 
+from .breaker import Breaker
 from .fleet import Backend, BackendStatus, Fleet
 from .names import normalize_model
 
@@ -44,8 +45,11 @@ class Poller:
     """Owns the polling tasks of the current fleet; `set_fleet` swaps them on reload."""
 
     def __init__(self, session: aiohttp.ClientSession, fleet: Fleet, *, interval: float, timeout: float,
-                 user_agent: str = "nomyo-router"):
+                 user_agent: str = "nomyo-router", breaker_threshold: int = 3, breaker_cooldown: float = 10.0):
         self.session = session
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self._breakers: dict[str, Breaker] = {}  # by backend name: survives reloads
         self.user_agent = user_agent
         self.fleet = fleet
         self.interval = interval
@@ -106,13 +110,18 @@ class Poller:
             if backend.status.checked_at >= requested_at:
                 return backend.status  # a poll that started after we asked just finished: share it
             old = backend.status
+            breaker = self.breaker(backend)
+            if not breaker.may_probe():
+                return old  # the circuit is open: it stays out until the cool-down is over
             started = time.time()
             try:
                 async with asyncio.timeout(self.timeout):
                     status = await self._probe(backend)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 status = old.down(describe_failure(exc, self.timeout))
-            status = replace(status, checked_at=started,
+            if status.healthy:
+                breaker.probe_succeeded()
+            status = replace(status, checked_at=started, breaker=breaker.state,
                              healthy_since=(old.healthy_since or started) if status.healthy else None)
             self._log_transition(backend, old, status)
             (fleet or self.fleet).set_status(backend, status)
@@ -136,6 +145,29 @@ class Poller:
         task = asyncio.create_task(self.refresh(backend), name=f"refresh {backend.name}")
         self._soon.add(task)
         task.add_done_callback(self._soon.discard)
+
+    def breaker(self, backend: Backend) -> Breaker:
+        found = self._breakers.get(backend.name)
+        if found is None:
+            found = self._breakers[backend.name] = Breaker(self.breaker_threshold, self.breaker_cooldown)
+        return found
+
+    def report_failure(self, backend: Backend, reason: str) -> None:
+        """A request failed on `backend` (unreachable, reset, 5xx, broke mid-stream)."""
+
+        breaker = self.breaker(backend)
+        if breaker.failure():
+            error = (f"circuit open for {breaker.remaining():.0f}s after repeated failures "
+                     f"(last: {reason})")
+            log.warning("backend %s: %s", backend.name, error)
+            status = backend.status.down(error)
+            self.fleet.set_status(backend, replace(status, breaker=breaker.state))
+
+    def report_success(self, backend: Backend) -> None:
+        breaker = self.breaker(backend)
+        if breaker.success():
+            log.info("backend %s: circuit closed again, full slots restored", backend.name)
+            self.fleet.set_status(backend, replace(backend.status, breaker=breaker.state))
 
     def mark_down(self, backend: Backend, error: str) -> None:
         """A request just failed to connect: stop routing there now; the poller lets it back."""
@@ -195,7 +227,7 @@ class Poller:
         return BackendStatus(
             healthy=True, models=models,
             loaded=MappingProxyType({m: NEVER for m in models}),
-            tags=tuple({"id": i} for i in ids if isinstance(i, str)),
+            tags=tuple(m for m in listing.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)),
             error=None,
         )
 

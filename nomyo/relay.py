@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import aiohttp
 import orjson
@@ -100,17 +101,21 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream))
     await response.prepare(request)
     tail = b""
+    lines = 0  # NDJSON lines relayed: a stream cut short counts one generated token per line
     try:
         async for chunk in upstream.content.iter_any():
             await response.write(chunk)
+            if access.first_byte_at is None:
+                access.first_byte_at = time.perf_counter()
             tail = (tail + chunk)[-TAIL_BYTES:]
+            lines += chunk.count(b"\n")
     except asyncio.CancelledError:
         access.outcome = "client-disconnected"
-        access.count(final_counts(tail))
+        access.count(final_counts(tail) or (0, lines))
         raise
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         access.outcome = "client-disconnected"
-        access.count(final_counts(tail))
+        access.count(final_counts(tail) or (0, lines))
         return response
     except aiohttp.ClientError as exc:
         access.outcome = "backend-failed-mid-stream"

@@ -18,10 +18,13 @@ from .access import AccessRecord
 from .config import Config
 from .errors import RouterError, model_not_found
 from .fleet import Backend, Fleet
+from .metrics import Metrics
 from .policy import make_policy
 from .poller import Poller
 from .relay import BackendUnreachable, relay
+from .sse import UsageStream
 from .table import ConnectionTable, Lease
+from .usage import UsageStore
 
 log = logging.getLogger("nomyo.router")
 MAX_ATTEMPTS = 3
@@ -67,14 +70,24 @@ class Router:
         self.poller: Poller | None = None
         self.active_requests = 0  # counted by the access middleware; the drain waits for 0
         self._shutdown_hooks: list = []
+        self.usage = UsageStore(config.db_path, config.flush_interval)
+        self.stream = UsageStream(self, interval=config.usage_stream_interval, heartbeat=config.usage_stream_heartbeat)
+        self.metrics = Metrics(self)
+        self.table.on_change(self.stream.mark_dirty)
+        self.usage.on_change(self.stream.mark_dirty)
+        self.on_shutdown(self.stream.close)
 
     async def start(self) -> None:
         """Open the client session, poll every backend once (so the first requests route well),
         then keep polling in the background."""
 
+        await self.usage.start()
+        self.stream.start()
         self.session = make_session(self.config)
         self.poller = Poller(self.session, self.fleet, interval=self.config.poll_interval,
-                             timeout=self.config.poll_timeout, user_agent=USER_AGENT)
+                             timeout=self.config.poll_timeout, user_agent=USER_AGENT,
+                             breaker_threshold=self.config.breaker_threshold,
+                             breaker_cooldown=self.config.breaker_cooldown)
         await self.poller.refresh_all()
         self.poller.start()
 
@@ -88,10 +101,12 @@ class Router:
             await hook()
 
     async def stop(self) -> None:
+        await self.stream.stop()
         if self.poller is not None:
             await self.poller.stop()
         if self.session is not None:
             await self.session.close()
+        await self.usage.stop()  # last: every request has been counted by now
 
     async def reload(self, config: Config) -> None:
         """Adopt a new, already validated configuration: build and poll the new fleet, then swap."""
@@ -103,10 +118,15 @@ class Router:
                              max_queue=config.max_queue, queue_timeout=config.queue_timeout)
         await self.poller.set_fleet(fleet, interval=config.poll_interval, timeout=config.poll_timeout)
         self.config, self.fleet = config, fleet
+        self.usage.flush_interval = config.flush_interval
+        self.stream.interval, self.stream.heartbeat = config.usage_stream_interval, config.usage_stream_heartbeat
+        if config.db_path != self.usage.path:
+            log.warning("db_path changed to %s: that takes a restart; still writing %s", config.db_path,
+                        self.usage.path)
 
     # -- the path of one inference request -----------------------------------------------------
 
-    async def acquire(self, model: str, native: bool, display: str | None = None) -> Lease:
+    async def acquire(self, model: str, native: bool | str, display: str | None = None) -> Lease:
         """A slot for `model`. On a routing miss the backends are asked again at once (the model
         may have been pulled on a backend directly a moment ago) before answering 404/503;
         a 404 names the model as the client spelled it (`display`)."""
@@ -125,7 +145,7 @@ class Router:
             raise
 
     async def forward(self, request: web.Request, access: AccessRecord, model: str, path: str,
-                      body: bytes, *, native: bool = True, changes_loaded: bool = False,
+                      body: bytes, *, native: bool | str = True, changes_loaded: bool = False, send=None,
                       display: str | None = None) -> web.StreamResponse:
         """Route `body` for `model` to the best backend and relay the answer. A backend that
         cannot be reached before anything was sent is taken out and the next one is tried."""
@@ -137,21 +157,36 @@ class Router:
                 access.backend = backend.name
                 access.model_key = model
                 was_loaded = backend.status.is_loaded(model, time.time())
-                response = await relay(request, self.session, backend, path, body, access,
-                                       connect_timeout=self.config.connect_timeout)
+                if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
+                    response = await send(backend)
+                else:
+                    response = await relay(request, self.session, backend, path, body, access,
+                                           connect_timeout=self.config.connect_timeout)
                 if not was_loaded and not changes_loaded and access.status == 200:
                     self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
                 if changes_loaded or not was_loaded:
                     self.poller.refresh_soon(backend)
+                self._judge(backend, access)
                 return response
             except BackendUnreachable as exc:
                 log.warning("%s (attempt %d of %d)", exc, attempt, MAX_ATTEMPTS)
                 self.poller.mark_down(lease.backend, exc.reason)
+                self.poller.report_failure(lease.backend, exc.reason)
                 if attempt == MAX_ATTEMPTS:
                     raise RouterError(502, str(exc), code="backend_unreachable") from None
             finally:
                 lease.release()
         raise AssertionError("unreachable")
+
+    def _judge(self, backend: Backend, access: AccessRecord) -> None:
+        """Feed the backend's circuit breaker with how this request went. A 503 is the backend
+        saying it is busy, not broken; 4xx are the client's; other 5xx and broken streams count."""
+
+        status = access.status or 0
+        if access.outcome == "backend-failed-mid-stream" or (status >= 500 and status != 503):
+            self.poller.report_failure(backend, access.outcome or f"status {status}")
+        elif status < 500:
+            self.poller.report_success(backend)
 
     async def forward_unleased(self, request: web.Request, access: AccessRecord,
                                backends: list[Backend], path: str, body: bytes) -> web.StreamResponse:

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .errors import RouterError, model_not_found, server_busy
-from .fleet import Backend, Fleet, RouteOption
+from .fleet import OPENAI_ONLY, Backend, Fleet, RouteOption, serves
 from .policy import Policy
 
 
@@ -184,12 +184,13 @@ class ConnectionTable:
         self._changed()
         self._hand_over((lease.model, False))
         self._hand_over((lease.model, True))
+        self._hand_over((lease.model, OPENAI_ONLY))
 
     # -- decisions -----------------------------------------------------------------------------
 
     def _why_none(self, model: str, native: bool) -> RouterError:
         unreachable = [b.name for b in self.fleet.with_model(model)
-                       if b.config.is_ollama or not native]
+                       if serves(b, native)]
         if unreachable:
             return RouterError(503, f"model '{model}' is only available on unreachable backends "
                                     f"({', '.join(unreachable)})", headers={"Retry-After": "5"},

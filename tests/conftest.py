@@ -49,6 +49,13 @@ class RunningRouter:
                          what="no reserved slot and an empty queue")
 
 
+@pytest.fixture(autouse=True)
+def _usage_db_in_tmp(tmp_path, monkeypatch):
+    """Routers (and daemons) a test starts keep their token counts in its tmp_path, not /var/lib."""
+
+    monkeypatch.setenv("NOMYO_ROUTER_DB_PATH", str(tmp_path / "usage.db"))
+
+
 @pytest.fixture
 async def fakes():
     """`await fakes(name=..., models=[...], ...)` starts a FakeOllama; all are stopped at the end."""
@@ -100,6 +107,23 @@ async def start_router(aiohttp_server):
     yield start
     for handle in running:
         await handle.settled()
+
+
+@pytest.fixture
+async def backends():
+    """`await backends(FakeOpenAI(...))` starts any fake server (`start`/`stop`); all are stopped
+    at the end."""
+
+    started = []
+
+    async def start(fake):
+        await fake.start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        await fake.stop()
 
 
 @pytest.fixture

@@ -21,8 +21,9 @@ def free_port() -> int:
 class DaemonProcess:
     """Starts `python -m nomyo --config PATH`, collects its stderr lines, stops it at the end."""
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
         self.config_path = config_path
+        self.prefix = prefix  # e.g. setpriv ... to run it as another user
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,7 +37,7 @@ class DaemonProcess:
     async def start(self, text: str) -> DaemonProcess:
         self.write_config(text)
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "nomyo", "--config", str(self.config_path),
+            *self.prefix, sys.executable, "-m", "nomyo", "--config", str(self.config_path),
             stderr=asyncio.subprocess.PIPE, env=self.env)
         self._reader = asyncio.create_task(self._read())
         await self.wait_for_log("listening on")

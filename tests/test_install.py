@@ -29,6 +29,8 @@ def test_tree(staged):
         "etc/nomyo/config.yaml", "lib/systemd/system/nomyo-router.service",
         "usr/local/share/man/man8/nomyo-router.8", "usr/local/share/doc/nomyo-router/README.md",
         "usr/local/share/doc/nomyo-router/operations.md", "usr/local/share/doc/nomyo-router/api.md",
+        "opt/nomyo-router/share/nomyo-router/dashboard/index.html",
+        "opt/nomyo-router/share/nomyo-router/dashboard/dashboard.js",
     ]
     missing = [path for path in expected if not (staged / path).exists()]
     assert missing == []
@@ -49,6 +51,11 @@ def test_installed_daemon_runs(staged):
     where = subprocess.run([staged / "opt/nomyo-router/bin/python", "-c", "import nomyo; print(nomyo.__file__)"],
                            capture_output=True, text=True, cwd="/", timeout=60)
     assert where.stdout.startswith(str(staged / "opt/nomyo-router"))
+    # ... and it finds its dashboard in the venv's prefix
+    found = subprocess.run([staged / "opt/nomyo-router/bin/python", "-c",
+                            "from nomyo.dashboard import find_dashboard; print(find_dashboard())"],
+                           capture_output=True, text=True, cwd="/", timeout=60)
+    assert found.stdout.strip() == str(staged / "opt/nomyo-router/share/nomyo-router/dashboard")
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")

@@ -9,27 +9,25 @@ from __future__ import annotations
 import re
 import time
 
-import orjson
 from aiohttp import web
 
+from .. import dashboard
 from ..access import access_of
-from ..dialects.ollama import JSON_UTF8, parse_body, require_model
+from ..dialects.from_openai import ollama_show, ollama_tag
+from ..dialects.ollama import parse_body, require_model
 from ..errors import RouterError, model_not_found
 from ..fleet import Backend
 from ..keys import ROUTER
 from ..names import normalize_model
 from ..poller import parse_expiry
-
-
-def json_response(payload, status: int = 200) -> web.Response:
-    response = web.Response(status=status, body=orjson.dumps(payload))
-    response.headers["Content-Type"] = JSON_UTF8
-    return response
+from ..responses import json_response
 
 
 async def root(request: web.Request) -> web.Response:
-    """Clients and health checks probe `GET /` for Ollama's liveness text."""
+    """Clients and health checks probe `GET /` for Ollama's liveness text; browsers get the dashboard."""
 
+    if dashboard.wants_html(request):
+        return await dashboard.index(request)
     return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
 
@@ -52,11 +50,15 @@ def _ollama_backends(request: web.Request) -> list[Backend]:
 
 
 async def tags(request: web.Request) -> web.Response:
-    """Every model of every healthy backend, once."""
+    """Every model of every healthy backend, once (an Ollama backend's entry if any has it;
+    models of OpenAI-compatible backends in Ollama's shape)."""
 
     seen: dict[str, dict] = {}
-    for backend in _ollama_backends(request):
+    for backend in sorted(request.app[ROUTER].fleet.healthy(), key=lambda b: not b.config.is_ollama):
         for entry in backend.status.tags:
+            entry = entry if backend.config.is_ollama else ollama_tag(entry)
+            if entry is None:
+                continue
             name = normalize_model(str(entry.get("model") or entry.get("name") or ""))
             seen.setdefault(name, entry)
     return json_response({"models": list(seen.values())})
@@ -97,9 +99,21 @@ async def show(request: web.Request) -> web.StreamResponse:
         await router.poller.refresh_all(max_age=0.5)
         holders = [b for b in router.fleet.with_model(key) if b.status.healthy and b.config.is_ollama]
     if not holders:
-        raise model_not_found(model)
+        return _show_openai_model(router, key, model)
     holders.sort(key=lambda b: not b.status.is_loaded(key, now))
     return await router.forward_unleased(request, access, holders, "/api/show", raw)
+
+
+def _show_openai_model(router, key: str, model: str) -> web.Response:
+    """A model only OpenAI-compatible backends serve: they have no /api/show, so the router
+    describes it from their model listing."""
+
+    for backend in router.fleet.with_model(key):
+        if backend.status.healthy:
+            for entry in backend.status.tags:
+                if isinstance(entry.get("id"), str) and normalize_model(entry["id"]) == key:
+                    return json_response(ollama_show(entry))
+    raise model_not_found(model)
 
 
 def add_routes(app: web.Application) -> None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..access import access_of
-from ..dialects.ollama import is_load_or_unload, parse_body, require_model
+from ..dialects.ollama import is_load_or_unload
 from ..errors import bad_request
-from ..keys import ROUTER
-from ..names import normalize_model
+from ..translate import ollama_sender
+from .common import read_model_request
 
 # JSON types per field, for the fields Ollama itself would reject when mistyped.
 STRING, BOOL, LIST, OBJECT, NUMBER = str, bool, list, dict, (int, float)
@@ -50,16 +49,15 @@ def check_types(path: str, payload: dict) -> None:
 async def inference(request: web.Request) -> web.StreamResponse:
     """Route one inference request to the backend where its model is best served."""
 
-    router = request.app[ROUTER]
-    access = access_of(request)
-    raw = await request.read()
-    payload = parse_body(raw)
-    model = require_model(payload)
-    access.model = model
-    path = request.path
+    incoming = await read_model_request(request)
+    path, payload = request.path, incoming.payload
     check_types(path, payload)
-    return await router.forward(request, access, normalize_model(model), path, raw,
-                                native=True, changes_loaded=is_load_or_unload(path, payload), display=model)
+    # Any backend with the model may serve it: an OpenAI-compatible one gets it translated.
+    send = ollama_sender(request, incoming.router, incoming.access, path, payload, incoming.raw,
+                         incoming.key, incoming.model)
+    return await incoming.router.forward(request, incoming.access, incoming.key, path, incoming.raw,
+                                         native=False, send=send, display=incoming.model,
+                                         changes_loaded=is_load_or_unload(path, payload))
 
 
 def add_routes(app: web.Application) -> None:

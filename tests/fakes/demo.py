@@ -37,7 +37,8 @@ def free_port(preferred: int) -> int:
 
 
 def write_config(directory: str, port: int, backends: list[FakeOllama]) -> Path:
-    lines = [f"listen: 127.0.0.1:{port}", "max_concurrent_connections: 2", "poll_interval: 1", "endpoints:"]
+    lines = [f"listen: 127.0.0.1:{port}", "max_concurrent_connections: 2", "poll_interval: 1",
+             f"db_path: {Path(directory) / 'usage.db'}", "endpoints:"]
     for fake in backends:
         lines += [f"  - name: {fake.name}", f"    url: {fake.url}"]
     path = Path(directory) / "config.yaml"

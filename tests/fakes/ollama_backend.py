@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _STREAM_ERROR = "an error was encountered while running the model"
+_PULL_ERROR = "max retries exceeded: unexpected EOF"
 _NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
@@ -149,6 +150,7 @@ class FakeOllama:
         self._blobs: dict[str, bytes] = {}
         self._failures: deque[tuple[int, str]] = deque()
         self._faults: deque[_Fault] = deque()
+        self._pull_faults: deque[tuple[int, str]] = deque()
         self._running = asyncio.Event()
         self._running.set()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
@@ -255,6 +257,11 @@ class FakeOllama:
         """The next chat/generate requests send ``after_tokens`` tokens, then an error line and
         stop without a ``done`` line (Ollama's runner failure). Non-streaming ones get 500."""
         self._faults.extend([_Fault("error", after_tokens, error)] * count)
+
+    def fail_pull(self, error: str = _PULL_ERROR, after_steps: int = 4, count: int = 1) -> None:
+        """The next pulls send ``after_steps`` progress lines, then ``{"error": error}``, and the
+        model does not appear (a download that broke). Non-streaming ones get 500."""
+        self._pull_faults.extend([(after_steps, error)] * count)
 
     def cut_next(self, after_tokens: int = 1, count: int = 1) -> None:
         """The next chat/generate requests send ``after_tokens`` tokens, then the socket is closed."""
@@ -475,6 +482,9 @@ class FakeOllama:
             steps = [{"status": "pulling manifest"}, {"error": "pull model manifest: file does not exist"}]
             return await self._progress(request, body, steps)
         spec = (self._models.get(model_key(name)) or ModelSpec.from_name(name)).renamed(name)
+        if self._pull_faults:
+            after, error = self._pull_faults.popleft()
+            return await self._progress(request, body, [*fmt.pull_steps(spec)[:after], {"error": error}])
         return await self._progress(request, body, fmt.pull_steps(spec), lambda: self._add_model(spec))
 
     async def _push(self, request: web.Request) -> web.StreamResponse:

@@ -152,6 +152,10 @@ def go_quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+_GO_PRIVATE = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")]
+"""Go's ``netip.Addr.IsPrivate`` (narrower than Python's ``is_private``)."""
+
+
 def host_allowed(header: str, own_port: int, strict: bool = False) -> bool:
     """Ollama's ``allowedHostsMiddleware`` for a loopback listener: is this ``Host`` local-looking?
 
@@ -174,7 +178,7 @@ def host_allowed(header: str, own_port: int, strict: bool = False) -> bool:
     except ValueError:
         local_names = ("", "localhost", socket.gethostname().lower())
         return host in local_names or host.endswith((".localhost", ".local", ".internal"))
-    return ip.is_loopback or ip.is_private or ip.is_unspecified
+    return ip.is_loopback or ip.is_unspecified or any(ip in net for net in _GO_PRIVATE)
 
 
 # ---------------------------------------------------------------- time

@@ -96,7 +96,11 @@ async def test_chat_stream_with_async_client(fake, client):
 
 
 async def test_chat_and_generate_with_sync_client(fake):
-    c = ollama.Client(host=fake.url)
+    with ollama.Client(host=fake.url) as c:
+        await sync_calls(fake, c)
+
+
+async def sync_calls(fake, c):
     r = await asyncio.to_thread(c.chat, model="LLAMA3:latest", messages=[{"role": "user", "content": "x"}])
     assert r.message.role == "assistant" and r.message.content == "Hello from t" and r.done_reason == "stop"
     assert r.model == "LLAMA3:latest"
@@ -149,9 +153,9 @@ async def test_load_unload_and_keep_alive(fake, client):
     r = await client.chat(model="qwen3:0.6b", messages=[], keep_alive=0)
     assert r.done_reason == "unload" and r.message.content == ""
     assert fake.loaded == ["llama3:latest"]
-    await client.chat(model="qwen3:0.6b", messages=[{"role": "user", "content": "x"}], keep_alive=0.05)
+    await client.chat(model="qwen3:0.6b", messages=[{"role": "user", "content": "x"}], keep_alive=0.2)
     assert "qwen3:0.6b" in fake.loaded
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(0.25)
     assert "qwen3:0.6b" not in fake.loaded
     await client.generate(model="qwen3:0.6b", prompt="x", keep_alive=-1)
     ps = (await client.ps()).models
@@ -209,6 +213,9 @@ async def test_list_ps_show(fake, client):
     assert headers["Content-Type"] == "application/json; charset=utf-8"
     _, _, data = await raw(fake, "GET", "/api/ps")
     assert list(json.loads(data)["models"][0])[-3:] == ["expires_at", "size_vram", "context_length"]
+    assert (await raw(fake, "HEAD", "/api/tags"))[0] == 200 and (await raw(fake, "HEAD", "/api/ps"))[0] == 405
+    fake.set_loaded(["qwen3:0.6b"])
+    assert fake.loaded == ["qwen3:0.6b"]
     fake.set_models([])
     assert (await raw(fake, "GET", "/api/tags"))[2] == b'{"models":[]}'
 
@@ -241,6 +248,19 @@ async def test_pull_copy_delete(fake, client):
     assert ndjson(data)[-1] == {"error": "pull model manifest: file does not exist"}
     status, headers, data = await raw(fake, "POST", "/api/pull", {"model": "other", "stream": False})
     assert (status, headers["Content-Type"]) == (500, "application/json")
+
+
+async def test_fail_pull_breaks_a_download_midway(fake, client):
+    fake.fail_pull(after_steps=3)
+    _, _, data = await raw(fake, "POST", "/api/pull", {"model": "phi3:mini"})
+    lines = ndjson(data)
+    assert len(lines) == 4 and lines[1]["digest"] and lines[-1] == {"error": "max retries exceeded: unexpected EOF"}
+    assert "phi3:mini" not in fake.models
+    fake.fail_pull(error="disk full")
+    with pytest.raises(ollama.ResponseError) as err:
+        await client.pull("phi3:mini")
+    assert (err.value.status_code, err.value.error) == (500, "disk full")
+    assert (await client.pull("phi3:mini")).status == "success" and "phi3:mini" in fake.models
 
 
 async def test_push_create_blobs(fake, client, tmp_path):
@@ -390,8 +410,10 @@ async def test_go_down_and_come_back(fake, client):
 async def test_token_delay_paces_the_stream(fake, client):
     fake.token_delay = 0.03
     loop = asyncio.get_running_loop()
-    times = [loop.time() async for _ in await client.generate(model="llama3", prompt="x", stream=True)]
-    assert times[2] - times[0] >= 0.05
+    start = loop.time()
+    parts = [p async for p in await client.generate(model="llama3", prompt="x", stream=True)]
+    assert loop.time() - start >= 0.09  # three tokens, each "generated" for 30 ms
+    assert parts[-1].eval_duration >= 90_000_000 and parts[-1].eval_count == 3
 
 
 # ---------------------------------------------------------------- CLI

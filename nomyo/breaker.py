@@ -1,0 +1,78 @@
+"""Circuit breaking: a backend that keeps failing requests is taken out, then let back gently.
+
+Polls only prove that a backend answers `/api/tags`; a backend whose runner crashes, or that
+resets every inference connection, still looks healthy to them. The breaker counts what real
+requests saw: after `threshold` consecutive failures it opens (the backend gets no traffic) for a
+cool-down that doubles on every repeated trip; after it, a successful poll lets the backend back
+half-open (one request per model at a time) until `threshold` requests in a row succeed.
+"""
+
+from __future__ import annotations
+
+import time
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+class Breaker:
+    """The state machine for one backend. Times are `time.monotonic()` seconds."""
+
+    __slots__ = ("base_cooldown", "cooldown", "failures", "max_cooldown", "opened_until", "state",
+                 "successes", "threshold")
+
+    def __init__(self, threshold: int = 3, cooldown: float = 10.0, max_cooldown: float = 300.0):
+        self.threshold = threshold
+        self.base_cooldown = self.cooldown = cooldown
+        self.max_cooldown = max_cooldown
+        self.state = CLOSED
+        self.failures = 0
+        self.successes = 0
+        self.opened_until = 0.0
+
+    def failure(self, now: float | None = None) -> bool:
+        """Count a failed request. True when this failure opened the circuit."""
+
+        now = time.monotonic() if now is None else now
+        self.successes = 0
+        self.failures += 1
+        if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
+            self._open(now)
+            return True
+        return False
+
+    def success(self) -> bool:
+        """Count a good request. True when this success closed a half-open circuit."""
+
+        self.failures = 0
+        if self.state != HALF_OPEN:
+            return False
+        self.successes += 1
+        if self.successes >= self.threshold:
+            self.state = CLOSED
+            self.cooldown = self.base_cooldown
+            return True
+        return False
+
+    def may_probe(self, now: float | None = None) -> bool:
+        """False while open and cooling down: the poller leaves the backend out until then."""
+
+        now = time.monotonic() if now is None else now
+        return self.state != OPEN or now >= self.opened_until
+
+    def probe_succeeded(self) -> None:
+        """A poll answered after the cool-down: let traffic back in, one request at a time."""
+
+        if self.state == OPEN:
+            self.state = HALF_OPEN
+            self.successes = 0
+
+    def remaining(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        return max(0.0, self.opened_until - now)
+
+    def _open(self, now: float) -> None:
+        if self.state == HALF_OPEN:
+            self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+        self.state = OPEN
+        self.opened_until = now + self.cooldown
+        self.failures = 0

@@ -1,0 +1,317 @@
+"""OpenAI-compatible answers rewritten as Ollama's, for `/api/*` clients of `/v1` backends.
+
+A stream is translated event by event as it arrives: each piece of text (or reasoning) becomes
+one NDJSON line, tool calls (streamed by OpenAI as fragments of a JSON string) become one line
+with complete calls and argument objects, and the end becomes Ollama's `done: true` line with
+`done_reason` and real counts and durations: from `usage`, from llama-server's `timings`, else
+measured and counted by the router (see `UsageMeter`). Shapes: reference §1, §2, §15, §19.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .openai import UsageMeter, estimate_tokens, l2_normalize, vectors_of
+
+log = logging.getLogger("nomyo.translate")
+# OpenAI finish reasons Ollama has no word for; Ollama reports a finished tool call as "stop".
+DONE_REASONS = {"tool_calls": "stop", "function_call": "stop"}
+
+
+def created_at(ns: int | None = None) -> str:
+    """Go's RFC3339Nano in UTC: nanoseconds with trailing zeros trimmed, `Z` suffix."""
+
+    ns = time.time_ns() if ns is None else ns
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    fraction = f"{nanos:09d}".rstrip("0")
+    return f"{stamp}.{fraction}Z" if fraction else f"{stamp}Z"
+
+
+def tool_arguments(text: Any) -> dict:
+    """OpenAI's argument string as the object Ollama's clients expect. Empty means no
+    arguments; text that is not a JSON object is kept, under `arguments`, rather than lost."""
+
+    if isinstance(text, dict):
+        return text
+    if not isinstance(text, str) or not text.strip():
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        return value
+    log.warning("tool call arguments are not a JSON object; passed on under 'arguments'")
+    return {"arguments": text}
+
+
+def logprobs_of(choice: dict) -> list[dict] | None:
+    """Per-token log probabilities in Ollama's shape, from a chat choice (already that shape,
+    under `content`) or a completions choice (parallel `tokens`/`token_logprobs` lists)."""
+
+    data = choice.get("logprobs")
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("content"), list):
+        return [{k: v for k, v in item.items() if k in ("token", "logprob", "bytes", "top_logprobs")}
+                for item in data["content"] if isinstance(item, dict)]
+    tokens, values = data.get("tokens"), data.get("token_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return None
+    tops = data.get("top_logprobs") if isinstance(data.get("top_logprobs"), list) else []
+    out = []
+    for i, (token, value) in enumerate(zip(tokens, values, strict=False)):
+        item: dict[str, Any] = {"token": token, "logprob": value}
+        top = tops[i] if i < len(tops) else None
+        if isinstance(top, dict):
+            item["top_logprobs"] = [{"token": t, "logprob": lp} for t, lp in top.items()]
+        out.append(item)
+    return out
+
+
+def first_choice(choices: Any) -> dict | None:
+    """The choice with index 0 (the router never asks for `n` > 1 when it translates)."""
+
+    if not isinstance(choices, list):
+        return None
+    return next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+
+
+class ToOllama:
+    """One answer's translation. `event()` takes each OpenAI chunk (or, for a whole answer,
+    the one response object) and returns the Ollama lines it yields; `final()` is the done line.
+    With `collect`, text is gathered for one non-streamed answer instead of returned."""
+
+    def __init__(self, model: str, chat: bool, meter: UsageMeter, *, started_ns: int, collect: bool = False):
+        self.model = model
+        self.chat = chat
+        self.meter = meter
+        self.collect = collect
+        self.started_ns = started_ns
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+        self.finish: str | None = None
+        self.text: list[str] = []
+        self.thinking: list[str] = []
+        self.logprobs: list[dict] = []
+        self.calls: dict[int, dict] = {}
+
+    # -- events -------------------------------------------------------------------------------
+
+    def event(self, obj: Any) -> list[dict]:
+        if not isinstance(obj, dict):
+            return []
+        self.meter.observe(obj)
+        choice = first_choice(obj.get("choices"))
+        if choice is None:
+            return []
+        lines = self._piece(choice)
+        if choice.get("finish_reason"):
+            self.finish = choice["finish_reason"]
+            lines += self._calls_line()
+        return lines
+
+    def _piece(self, choice: dict) -> list[dict]:
+        """The text, reasoning and tool-call fragments of one choice."""
+
+        part = choice.get("delta") if isinstance(choice.get("delta"), dict) else choice.get("message")
+        if isinstance(part, dict):
+            text = part.get("content")
+            thinking = part.get("reasoning_content") or part.get("reasoning")
+            if self._add_calls(part.get("tool_calls")):
+                self._generated()
+        else:
+            text, thinking = choice.get("text"), None
+        text = text if isinstance(text, str) else ""
+        thinking = thinking if isinstance(thinking, str) else ""
+        logprobs = logprobs_of(choice)
+        if not (text or thinking or logprobs):
+            return []
+        self._generated()
+        if self.collect:
+            self.text.append(text)
+            self.thinking.append(thinking)
+            self.logprobs.extend(logprobs or ())
+            return []
+        line = self._line(text, thinking)
+        if logprobs:
+            line["logprobs"] = logprobs
+        return [line]
+
+    def _generated(self) -> None:
+        now = time.perf_counter_ns()
+        if self.first_ns is None:
+            self.first_ns = now
+        self.last_ns = now
+        self.meter.tick()
+
+    def _add_calls(self, fragments: Any) -> bool:
+        """Merge streamed tool-call fragments by index: id and name come first, the argument
+        string arrives in pieces. Whether there were any."""
+
+        if not isinstance(fragments, list) or not fragments:
+            return False
+        for position, fragment in enumerate(fragments):
+            if not isinstance(fragment, dict):
+                continue
+            index = fragment.get("index")
+            index = index if isinstance(index, int) else position
+            call = self.calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+            call["id"] = fragment.get("id") or call["id"]
+            function = fragment.get("function") or {}
+            call["name"] = function.get("name") or call["name"]
+            arguments = function.get("arguments")
+            if isinstance(arguments, dict):
+                call["arguments"] = arguments
+            elif isinstance(arguments, str) and isinstance(call["arguments"], str):
+                call["arguments"] += arguments
+        return True
+
+    def _calls_line(self) -> list[dict]:
+        """Finished tool calls as one line, as Ollama sends them (content empty)."""
+
+        if not self.calls or self.collect or not self.chat:
+            return []
+        line = self._line("", "")
+        line["message"] = self._with_calls(line["message"])
+        self.calls = {}
+        return [line]
+
+    def _with_calls(self, message: dict) -> dict:
+        calls = []
+        for index in sorted(self.calls):
+            call = self.calls[index]
+            function = {"index": index, "name": call["name"], "arguments": tool_arguments(call["arguments"])}
+            calls.append({"id": call["id"], "function": function} if call["id"] else {"function": function})
+        return {**message, "tool_calls": calls}
+
+    # -- lines --------------------------------------------------------------------------------
+
+    def _line(self, text: str, thinking: str) -> dict:
+        line: dict[str, Any] = {"model": self.model, "created_at": created_at()}
+        if self.chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
+            line["message"] = message
+        else:
+            line["response"] = text
+            if thinking:
+                line["thinking"] = thinking
+        line["done"] = False
+        return line
+
+    def final(self, ended: bool = True) -> dict:
+        """The `done: true` line (for a whole answer: the whole answer). `ended` is false when the
+        backend's stream stopped without saying why (Ollama then omits `done_reason`)."""
+
+        line = self._line("".join(self.text), "".join(self.thinking))
+        if self.chat and self.calls:
+            line["message"] = self._with_calls(line["message"])
+        if self.logprobs:
+            line["logprobs"] = self.logprobs
+        line["done"] = True
+        reason = self.finish or ("stop" if ended else None)
+        if reason:
+            line["done_reason"] = DONE_REASONS.get(reason, reason)
+        line.update(self.metrics())
+        return line
+
+    def metrics(self) -> dict[str, int]:
+        """Ollama's counts and durations (ns); zeros are omitted, as Ollama omits them."""
+
+        now = time.perf_counter_ns()
+        prompt, generated = self.meter.counts()
+        if self.collect and self.meter.usage is None and self.meter.timings is None:
+            generated = estimate_tokens("".join(self.text) + "".join(self.thinking))
+        timings = self.meter.timings or {}
+        prompt_ns = _ms_to_ns(timings.get("prompt_ms"))
+        eval_ns = _ms_to_ns(timings.get("predicted_ms"))
+        if prompt_ns is None:
+            prompt_ns = (self.first_ns - self.started_ns) if self.first_ns is not None and not self.collect else 0
+        if eval_ns is None:
+            if self.collect or self.first_ns is None:
+                eval_ns = now - self.started_ns if generated else 0
+            else:
+                eval_ns = max(1, (self.last_ns or now) - self.first_ns)
+        values = {"total_duration": now - self.started_ns, "prompt_eval_count": prompt,
+                  "prompt_eval_duration": prompt_ns, "eval_count": generated, "eval_duration": eval_ns}
+        return {k: int(v) for k, v in values.items() if v}
+
+
+def _ms_to_ns(value: Any) -> int | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return int(value * 1_000_000)
+    return None
+
+
+# -- embeddings -----------------------------------------------------------------------------------
+
+
+def embed_answer(obj: Any, model: str, meter: UsageMeter, started_ns: int) -> dict:
+    """/api/embed: every vector of the batch, L2-normalised as Ollama's are."""
+
+    meter.observe(obj)
+    answer: dict[str, Any] = {"model": model, "embeddings": [l2_normalize(v) for v in vectors_of(obj)]}
+    total = time.perf_counter_ns() - started_ns
+    prompt, _ = meter.counts()
+    answer |= {k: v for k, v in (("total_duration", total), ("prompt_eval_count", prompt)) if v}
+    return answer
+
+
+def embeddings_answer(obj: Any, meter: UsageMeter) -> dict:
+    """/api/embeddings (legacy): the one vector, raw (Ollama does not normalise these)."""
+
+    meter.observe(obj)
+    vectors = vectors_of(obj)
+    return {"embedding": vectors[0] if vectors else []}
+
+
+# -- model listings -------------------------------------------------------------------------------
+
+
+def ollama_tag(entry: dict) -> dict | None:
+    """An /api/tags entry for a model an OpenAI-compatible backend lists: Ollama's shape, with
+    what the listing tells (llama-server's `meta`, vLLM's `max_model_len`); unknowns left empty."""
+
+    ident = entry.get("id")
+    if not isinstance(ident, str) or not ident:
+        return None
+    created = entry.get("created") if isinstance(entry.get("created"), int) else int(time.time())
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+    details: dict[str, Any] = {"parent_model": "", "format": "gguf" if meta else "", "family": "",
+                               "families": None, "parameter_size": _parameter_size(meta.get("n_params")),
+                               "quantization_level": ""}
+    context = meta.get("n_ctx_train") or entry.get("max_model_len")
+    if isinstance(context, int):
+        details["context_length"] = context
+    if isinstance(meta.get("n_embd"), int):
+        details["embedding_length"] = meta["n_embd"]
+    return {"name": ident, "model": ident,
+            "modified_at": datetime.fromtimestamp(created, UTC).isoformat(),
+            "size": meta.get("size") if isinstance(meta.get("size"), int) else 0,
+            "digest": hashlib.sha256(ident.encode()).hexdigest(), "details": details}
+
+
+def _parameter_size(count: Any) -> str:
+    if not isinstance(count, int) or count <= 0:
+        return ""
+    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def ollama_show(entry: dict) -> dict | None:
+    """/api/show for a model only OpenAI-compatible backends have: what /api/tags knows, and the
+    `model_info` key ollama-python requires."""
+
+    tag = ollama_tag(entry)
+    if tag is None:
+        return None
+    return {"modelfile": "", "parameters": "", "template": "", "details": tag["details"], "model_info": {},
+            "capabilities": ["completion"], "modified_at": tag["modified_at"]}

@@ -1,0 +1,102 @@
+"""OpenAI's API in front: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models,
+/v1/rerank (and /rerank).
+
+Every backend speaks `/v1` (Ollama serves it too), so a `/v1` request goes to whichever backend
+the table picks for its model, relayed as sent (see `bridge`). Rerank only goes to
+OpenAI-compatible backends: Ollama has no rerank API. Errors are OpenAI error objects: the error
+middleware renders every RouterError raised on a `/v1` path that way.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from aiohttp import web
+
+from .. import responses
+from ..access import access_of
+from ..bridge import send_openai
+from ..dialects.openai import JSON, check_request, model_object
+from ..errors import model_not_found
+from ..fleet import OPENAI_ONLY
+from ..keys import ROUTER
+from ..names import normalize_model
+from .common import read_model_request
+
+ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+def json_response(payload, status: int = 200) -> web.Response:
+    return responses.json_response(payload, status, JSON)
+
+
+async def routed(request: web.Request) -> web.StreamResponse:
+    """Route one /v1 request to a backend that has its model, wherever it is loaded best."""
+
+    incoming = await read_model_request(request)
+    check_request(request.path, incoming.payload)
+    path = request.path.removeprefix("/v1")
+    native = OPENAI_ONLY if path == "/rerank" else False
+
+    async def send(backend):
+        return await send_openai(request, incoming.router, backend, incoming.access, path, incoming.payload,
+                                 incoming.raw, incoming.key)
+
+    return await incoming.router.forward(request, incoming.access, incoming.key, request.path, incoming.raw,
+                                         native=native, send=send, display=incoming.model)
+
+
+def _created(entry: dict) -> int:
+    try:
+        return int(datetime.fromisoformat(str(entry.get("modified_at"))).timestamp())
+    except ValueError:
+        return int(time.time())
+
+
+def from_ollama_tag(entry: dict) -> dict | None:
+    """An Ollama /api/tags entry as Ollama's own /v1/models shows it (`owned_by`: the namespace,
+    `library` for official models)."""
+
+    name = entry.get("model") or entry.get("name")
+    if not isinstance(name, str) or not name:
+        return None
+    owner = name.rsplit("/", 1)[0].rsplit("/", 1)[-1] if "/" in name else "library"
+    return {"id": name, "object": "model", "created": _created(entry), "owned_by": owner}
+
+
+def listing(request: web.Request) -> dict[str, dict]:
+    """Every model of every healthy backend once, by normalised name (Ollama's entry first)."""
+
+    now = int(time.time())
+    seen: dict[str, dict] = {}
+    for backend in sorted(request.app[ROUTER].fleet.healthy(), key=lambda b: not b.config.is_ollama):
+        for entry in backend.status.tags:
+            obj = from_ollama_tag(entry) if backend.config.is_ollama else model_object(entry, now)
+            if obj is not None and isinstance(obj.get("id"), str):
+                seen.setdefault(normalize_model(obj["id"]), obj)
+    return seen
+
+
+async def models(request: web.Request) -> web.Response:
+    return json_response({"object": "list", "data": list(listing(request).values())})
+
+
+async def model(request: web.Request) -> web.Response:
+    """One model; `id` echoes the path as Ollama does. Unknown: 404 `not_found_error`."""
+
+    name = request.match_info["model"]
+    access_of(request).model = name
+    found = listing(request).get(normalize_model(name))
+    if found is None:
+        raise model_not_found(name)
+    return json_response({**found, "id": name})
+
+
+def add_routes(app: web.Application) -> None:
+    for path in ROUTED:
+        app.router.add_post(path, routed)
+    app.router.add_post("/v1/rerank", routed)
+    app.router.add_post("/rerank", routed)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)
