@@ -41,3 +41,65 @@ async def test_header_and_query_keys_work_and_never_travel_or_show(guarded, http
     assert all("Authorization" not in r.headers for r in generated)
     assert KEY not in caplog.text
     assert "caller=ci" in caplog.text
+
+
+def every_route(app) -> list[tuple[str, str]]:
+    """(method, path) for every route the app serves, with path parameters filled in."""
+
+    found = []
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter") or info.get("prefix")
+        if not path:
+            continue
+        path = (path.replace("{digest}", "sha256:" + "0" * 64).replace("{model:.+}", "llama3")
+                .replace("{model}", "llama3"))
+        if info.get("prefix"):
+            path = path.rstrip("/") + "/dashboard.js"
+        found.append((route.method, path))
+    return sorted(set(found))
+
+
+async def test_every_route_group_is_guarded_in_its_dialect(guarded, http):
+    """Walks the app's own route table, so a route added later is covered as well."""
+    router, _ = guarded
+    from nomyo.app import build_app
+
+    routes = every_route(build_app(router.config))
+    assert len(routes) > 30
+    open_routes = {("GET", "/"), ("HEAD", "/"), ("GET", "/static/dashboard.js"), ("HEAD", "/static/dashboard.js")}
+    for method, path in routes:
+        for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 403)):
+            async with http.request(method, router.url + path, headers=headers, data=b"{}") as resp:
+                if (method, path) in open_routes:
+                    assert resp.status < 400, (method, path)
+                    continue
+                assert resp.status == status, (method, path, resp.status)
+                if method == "HEAD":
+                    continue
+                body = await resp.json()
+                if path.startswith("/v1/") or path == "/rerank":
+                    assert body["error"]["type"] in ("authentication_error", "permission_error"), path
+                else:
+                    assert isinstance(body["error"], str), path
+
+
+async def test_both_key_forms_open_each_route_group(guarded, http):
+    router, _ = guarded
+    for path in ("/api/tags", "/v1/models", "/api/usage", "/api/config", "/health", "/metrics", "/api/ps_details"):
+        async with http.get(router.url + path, headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status == 200, path
+        async with http.get(router.url + path, params={"api_key": KEY}) as resp:
+            assert resp.status == 200, path
+
+
+async def test_backend_keys_are_sent_but_never_logged(fakes, start_router, http, caplog):
+    caplog.set_level(logging.DEBUG, logger="nomyo")
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([{"name": "a", "url": a.url, "api_key": "backend-secret-123"}])
+    body = orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False})
+    async with http.post(router.url + "/api/generate", data=body) as resp:
+        assert resp.status == 200
+    sent = [r.headers.get("Authorization") for r in a.requests if r.path == "/api/generate"]
+    assert sent == ["Bearer backend-secret-123"]
+    assert "backend-secret-123" not in caplog.text

@@ -140,3 +140,63 @@ async def test_sd_notify_messages_in_order(fakes, daemon, tmp_path):
     assert "STATUS=serving on 127.0.0.1" in messages[0] and "1 of 1 backends up" in messages[0]
     reloading = dict(line.split("=", 1) for line in messages[1].split("\n"))
     assert int(reloading["MONOTONIC_USEC"]) > 0
+
+
+async def test_watchdog_pings_when_systemd_asks_for_them(fakes, daemon, tmp_path):
+    a = await fakes("a")
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(5)
+    await daemon(endpoints(a), env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})
+    seen = []
+    for _ in range(4):
+        seen.append(await asyncio.to_thread(sock.recv, 4096))
+    sock.close()
+    assert sum(m == b"WATCHDOG=1" for m in seen) >= 2
+
+
+async def test_listen_change_needs_a_restart_and_keeps_serving(fakes, daemon):
+    a = await fakes("a")
+    router = await daemon(endpoints(a))
+    text = endpoints(a)
+    router.config_path.write_text(f"listen: 127.0.0.1:1\npoll_interval: 0.2\n{text}")
+    await router.reload(expect="that takes a restart")
+    async with aiohttp.ClientSession() as http:
+        assert (await stream_lines(http, router.url))[-1]["done"]
+
+
+async def test_journal_priority_prefixes_under_systemd(fakes, tmp_path):
+    """With JOURNAL_STREAM naming its stderr, every line carries a <N> priority and no timestamp."""
+    import os
+    import sys
+
+    a = await fakes("a")
+    config = tmp_path / "config.yaml"
+    port = DaemonProcess(config).port
+    config.write_text(f"listen: 127.0.0.1:{port}\n{endpoints(a)}")
+    read_end, write_end = os.pipe()
+    info = os.fstat(write_end)
+    env = {**os.environ, "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nomyo", "--config", str(config),
+                                                   stderr=write_end, env=env)
+    os.close(write_end)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/api/tags") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 15)
+        with os.fdopen(read_end, "rb") as pipe:
+            lines = pipe.read().decode().splitlines()
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>", "<7>") for line in lines), lines
+    assert any(line.startswith("<6>nomyo.access: GET /api/tags") for line in lines)
+    assert not any(line[3:7].isdigit() for line in lines)  # no timestamp of our own
