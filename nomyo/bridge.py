@@ -39,7 +39,8 @@ from .dialects.openai import (
 from .errors import RouterError, openai_error_body
 from .fleet import Backend
 from .names import normalize_model
-from .relay import BackendUnreachable, _reason
+from .upstream import IdleWatch, Timing, describe
+from .upstream import open_upstream as open_backend
 
 log = logging.getLogger("nomyo.bridge")
 PASSED_HEADERS = ("User-Agent", "OpenAI-Beta", "X-Request-Id")
@@ -76,25 +77,22 @@ def upstream_headers(request: web.Request, backend: Backend, accept: str) -> dic
 
 
 async def open_upstream(request: web.Request, session: aiohttp.ClientSession, backend: Backend, path: str,
-                        body: bytes, *, stream: bool, connect_timeout: float) -> aiohttp.ClientResponse:
-    """POST `body` to `path` on `backend`. Raises BackendUnreachable when nothing could be sent
-    (the router then tries another backend), RouterError 502 for other failures."""
+                        body: bytes, *, stream: bool, timing: Timing) -> aiohttp.ClientResponse:
+    """POST `body` to `path` on `backend`. Raises BackendUnreachable / BackendBusy when nothing
+    could be sent (the router then tries another backend), RouterError 502 for other failures."""
 
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
     headers = upstream_headers(request, backend, SSE if stream else JSON)
     try:
-        return await session.post(backend.config.url + path, data=body, headers=headers, timeout=timeout)
-    except (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError) as exc:
-        raise BackendUnreachable(backend.name, _reason(exc)) from None
+        return await open_backend(session, backend, "POST", path, body, headers, timing)
     except aiohttp.ClientError as exc:
-        raise RouterError(502, f"backend {backend.name} failed: {_reason(exc)}") from None
+        raise RouterError(502, f"backend {backend.name} failed: {describe(exc)}") from None
 
 
 async def read_all(upstream: aiohttp.ClientResponse, backend: Backend) -> bytes:
     try:
         return await upstream.read()
     except aiohttp.ClientError as exc:
-        raise RouterError(502, f"backend {backend.name} failed mid-answer: {_reason(exc)}") from None
+        raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
 
 
 def first_byte(access: AccessRecord) -> None:
@@ -135,13 +133,13 @@ async def send_openai(request: web.Request, router, backend: Backend, access: Ac
     stream = payload.get("stream") is True
     meter = UsageMeter(estimate_tokens(prompt_text(payload)))
     upstream = await open_upstream(request, router.session, backend, backend_path(backend, path), body,
-                                   stream=stream, connect_timeout=router.config.connect_timeout)
+                                   stream=stream, timing=router.timing)
     try:
         access.status = upstream.status
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and content_type.startswith(SSE):
             events = EventRelay(meter, strip=added_usage, want_usage=stream and not added_usage)
-            return await _relay_events(request, upstream, backend, access, events)
+            return await _relay_events(request, upstream, backend, access, events, router.timing.idle)
         return await _relay_answer(upstream, backend, access, meter)
     finally:
         upstream.release()
@@ -168,7 +166,7 @@ async def _relay_answer(upstream: aiohttp.ClientResponse, backend: Backend, acce
 
 
 async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend,
-                        access: AccessRecord, events: EventRelay) -> web.StreamResponse:
+                        access: AccessRecord, events: EventRelay, idle: float) -> web.StreamResponse:
     """An SSE stream, event by event as the backend sends them (one write per network chunk)."""
 
     response = web.StreamResponse(status=upstream.status)
@@ -176,8 +174,10 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
     response.headers["Cache-Control"] = "no-cache"
     await response.prepare(request)
     parser = SSEParser()
+    watch = IdleWatch(upstream, idle)
     try:
         async for chunk in upstream.content.iter_any():
+            watch.touch()
             out = events.relay(parser.feed(chunk))
             if out:
                 await response.write(out)
@@ -196,10 +196,12 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
     except aiohttp.ClientError as exc:
         access.outcome = "backend-failed-mid-stream"
         access.count(events.meter.counts())
-        message = f"backend {backend.name} failed mid-stream: {_reason(exc)}"
+        message = f"backend {backend.name} failed mid-stream: {watch.reason(exc)}"
         log.warning("%s", message)
         await _end_quietly(response, sse_event(openai_error_body(502, message, "backend_failed")))
         return response
+    finally:
+        watch.stop()
     access.outcome = "ok"
     access.count(events.meter.counts())
     await response.write_eof()

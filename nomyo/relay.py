@@ -21,6 +21,7 @@ from .access import AccessRecord
 from .dialects.ollama import final_counts
 from .errors import RouterError
 from .fleet import Backend
+from .upstream import IdleWatch, Timing, describe, open_upstream
 
 log = logging.getLogger("nomyo.relay")
 
@@ -46,35 +47,22 @@ def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {name: upstream.headers[name] for name in FORWARDED_RESPONSE_HEADERS if name in upstream.headers}
 
 
-class BackendUnreachable(Exception):
-    """Nothing reached the client yet and the backend could not be reached: another may do."""
-
-    def __init__(self, backend: str, reason: str):
-        super().__init__(f"backend {backend} is unreachable: {reason}")
-        self.reason = reason
-
-
 async def relay(request: web.Request, session: aiohttp.ClientSession, backend: Backend, path: str,
-                body: bytes, access: AccessRecord, *, connect_timeout: float,
-                method: str = "POST") -> web.StreamResponse:
+                body: bytes, access: AccessRecord, *, timing: Timing, method: str = "POST") -> web.StreamResponse:
     """Send `body` to `path` on `backend` and answer the client with what comes back.
 
-    Raises BackendUnreachable when nothing could be sent (the caller may try another backend)."""
+    Raises BackendUnreachable / BackendBusy when nothing was sent (another backend may do)."""
 
-    url = backend.config.url + path
-    timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect_timeout, sock_read=None)
     try:
-        upstream = await session.request(method, url, data=body, headers=upstream_headers(request, backend),
-                                         timeout=timeout)
-    except (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError) as exc:
-        raise BackendUnreachable(backend.name, _reason(exc)) from None
+        upstream = await open_upstream(session, backend, method, path, body,
+                                       upstream_headers(request, backend), timing)
     except aiohttp.ClientError as exc:
-        raise RouterError(502, f"backend {backend.name} failed: {_reason(exc)}") from None
+        raise RouterError(502, f"backend {backend.name} failed: {describe(exc)}") from None
     try:
         access.status = upstream.status
         content_type = upstream.headers.get("Content-Type", "")
         if upstream.status < 400 and content_type.startswith(STREAMING_TYPES):
-            return await _relay_stream(request, upstream, backend, access)
+            return await _relay_stream(request, upstream, backend, access, timing.idle)
         return await _relay_whole(upstream, backend, access)
     finally:
         # Back to the pool when fully read; closed (the backend sees it) when it was cut short.
@@ -87,7 +75,7 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
     try:
         data = await upstream.read()
     except aiohttp.ClientError as exc:
-        raise RouterError(502, f"backend {backend.name} failed mid-answer: {_reason(exc)}") from None
+        raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
     if upstream.status < 400:
         access.count(final_counts(data))
         access.outcome = "ok"
@@ -97,13 +85,15 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
 
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend,
-                        access: AccessRecord) -> web.StreamResponse:
+                        access: AccessRecord, idle: float) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream))
     await response.prepare(request)
     tail = b""
     lines = 0  # NDJSON lines relayed: a stream cut short counts one generated token per line
+    watch = IdleWatch(upstream, idle)
     try:
         async for chunk in upstream.content.iter_any():
+            watch.touch()
             await response.write(chunk)
             if access.first_byte_at is None:
                 access.first_byte_at = time.perf_counter()
@@ -119,11 +109,13 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         return response
     except aiohttp.ClientError as exc:
         access.outcome = "backend-failed-mid-stream"
-        access.count(final_counts(tail))
-        message = f"backend {backend.name} failed mid-stream: {_reason(exc)}"
+        access.count(final_counts(tail) or (0, lines))
+        message = f"backend {backend.name} failed mid-stream: {watch.reason(exc)}"
         log.warning("%s", message)
         await _write_quietly(response, orjson.dumps({"error": message}) + b"\n")
         return response
+    finally:
+        watch.stop()
     access.outcome = "ok"
     access.count(final_counts(tail))
     await response.write_eof()
@@ -136,12 +128,3 @@ async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, asyncio.TimeoutError):
-        return "connect timed out"
-    text = str(exc) or type(exc).__name__
-    return text

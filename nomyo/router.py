@@ -7,7 +7,9 @@ fleet (polled), then swaps both references, so a swap never tears a request in f
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 
 import aiohttp
@@ -21,9 +23,10 @@ from .fleet import Backend, Fleet
 from .metrics import Metrics
 from .policy import make_policy
 from .poller import Poller
-from .relay import BackendUnreachable, relay
+from .relay import relay
 from .sse import UsageStream
 from .table import ConnectionTable, Lease
+from .upstream import BackendBusy, BackendUnreachable, Timing
 from .usage import UsageStore
 
 log = logging.getLogger("nomyo.router")
@@ -45,6 +48,10 @@ def build_fleet(config: Config, previous: Fleet | None = None) -> Fleet:
     return Fleet(backends)
 
 
+def timing_of(config: Config) -> Timing:
+    return Timing(connect=config.connect_timeout, first_byte=config.first_byte_timeout, idle=config.idle_timeout)
+
+
 def make_session(config: Config) -> aiohttp.ClientSession:
     """One pooled client for every upstream call. No per-request clients, no total timeout
     (LLM streams run for minutes); bytes are relayed as they come, never decompressed."""
@@ -63,6 +70,7 @@ class Router:
 
     def __init__(self, config: Config):
         self.config = config
+        self.timing = timing_of(config)
         self.fleet = build_fleet(config)
         self.table = ConnectionTable(self.fleet, make_policy(config.routing_policy, config.cold_load_spread),
                                      max_queue=config.max_queue, queue_timeout=config.queue_timeout)
@@ -117,7 +125,7 @@ class Router:
         self.table.set_fleet(fleet, make_policy(config.routing_policy, config.cold_load_spread),
                              max_queue=config.max_queue, queue_timeout=config.queue_timeout)
         await self.poller.set_fleet(fleet, interval=config.poll_interval, timeout=config.poll_timeout)
-        self.config, self.fleet = config, fleet
+        self.config, self.fleet, self.timing = config, fleet, timing_of(config)
         self.usage.flush_interval = config.flush_interval
         self.stream.interval, self.stream.heartbeat = config.usage_stream_interval, config.usage_stream_heartbeat
         if config.db_path != self.usage.path:
@@ -126,19 +134,20 @@ class Router:
 
     # -- the path of one inference request -----------------------------------------------------
 
-    async def acquire(self, model: str, native: bool | str, display: str | None = None) -> Lease:
+    async def acquire(self, model: str, native: bool | str, display: str | None = None,
+                      exclude: frozenset[str] = frozenset()) -> Lease:
         """A slot for `model`. On a routing miss the backends are asked again at once (the model
         may have been pulled on a backend directly a moment ago) before answering 404/503;
         a 404 names the model as the client spelled it (`display`)."""
 
         try:
-            return await self.table.acquire(model, native)
+            return await self.table.acquire(model, native, exclude)
         except RouterError as exc:
             if exc.status not in (404, 503) or exc.code == "server_busy":
                 raise
         await self.poller.refresh_all(max_age=0.5)
         try:
-            return await self.table.acquire(model, native)
+            return await self.table.acquire(model, native, exclude)
         except RouterError as exc:
             if exc.status == 404 and display is not None:
                 raise model_not_found(display) from None
@@ -147,36 +156,60 @@ class Router:
     async def forward(self, request: web.Request, access: AccessRecord, model: str, path: str,
                       body: bytes, *, native: bool | str = True, changes_loaded: bool = False, send=None,
                       display: str | None = None) -> web.StreamResponse:
-        """Route `body` for `model` to the best backend and relay the answer. A backend that
-        cannot be reached before anything was sent is taken out and the next one is tried."""
+        """Route `body` for `model` to the best backend and relay the answer.
 
+        Before anything reached the client, a backend that cannot be reached (or does not start
+        answering in time) is marked down, and one that answers 503 "busy" is left out, and the
+        request goes to the next best backend after a short jittered pause, at most
+        MAX_ATTEMPTS times. After the first byte, a failure ends the stream with an error line."""
+
+        tried: frozenset[str] = frozenset()
         for attempt in range(1, MAX_ATTEMPTS + 1):
-            lease = await self.acquire(model, native, display)
             try:
-                backend = lease.backend
-                access.backend = backend.name
-                access.model_key = model
-                was_loaded = backend.status.is_loaded(model, time.time())
-                if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
-                    response = await send(backend)
-                else:
-                    response = await relay(request, self.session, backend, path, body, access,
-                                           connect_timeout=self.config.connect_timeout)
-                if not was_loaded and not changes_loaded and access.status == 200:
-                    self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
-                if changes_loaded or not was_loaded:
-                    self.poller.refresh_soon(backend)
-                self._judge(backend, access)
-                return response
-            except BackendUnreachable as exc:
-                log.warning("%s (attempt %d of %d)", exc, attempt, MAX_ATTEMPTS)
-                self.poller.mark_down(lease.backend, exc.reason)
-                self.poller.report_failure(lease.backend, exc.reason)
+                lease = await self.acquire(model, native, display, tried)
+            except RouterError:
+                if attempt == 1:
+                    raise
+                raise self._last_failure from None  # nobody else has the model: say what failed
+            try:
+                return await self._attempt(request, access, lease, model, path, body, send, changes_loaded)
+            except (BackendUnreachable, BackendBusy) as exc:
+                self._last_failure = self._failure(lease.backend, exc, attempt)
+                tried |= {lease.backend.name}
                 if attempt == MAX_ATTEMPTS:
-                    raise RouterError(502, str(exc), code="backend_unreachable") from None
+                    raise self._last_failure from None
             finally:
                 lease.release()
+            await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
         raise AssertionError("unreachable")
+
+    async def _attempt(self, request, access, lease: Lease, model: str, path: str, body: bytes, send,
+                       changes_loaded: bool) -> web.StreamResponse:
+        backend = lease.backend
+        access.backend = backend.name
+        access.model_key = model
+        was_loaded = backend.status.is_loaded(model, time.time())
+        if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
+            response = await send(backend)
+        else:
+            response = await relay(request, self.session, backend, path, body, access, timing=self.timing)
+        if not was_loaded and not changes_loaded and access.status == 200:
+            self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
+        if changes_loaded or not was_loaded:
+            self.poller.refresh_soon(backend)
+        self._judge(backend, access)
+        return response
+
+    def _failure(self, backend: Backend, exc: Exception, attempt: int) -> RouterError:
+        """Account for a failed attempt; the error the client gets if no other attempt works."""
+
+        log.warning("%s (attempt %d of %d)", exc, attempt, MAX_ATTEMPTS)
+        if isinstance(exc, BackendBusy):
+            headers = {"Retry-After": exc.retry_after or "1"}
+            return RouterError(503, exc.message, headers=headers, code="backend_busy")
+        self.poller.mark_down(backend, exc.reason)
+        self.poller.report_failure(backend, exc.reason)
+        return RouterError(502, str(exc), code="backend_unreachable")
 
     def _judge(self, backend: Backend, access: AccessRecord) -> None:
         """Feed the backend's circuit breaker with how this request went. A 503 is the backend
@@ -192,13 +225,13 @@ class Router:
                                backends: list[Backend], path: str, body: bytes) -> web.StreamResponse:
         """Send a request that takes no model slot (e.g. /api/show) to the first reachable backend."""
 
-        last: BackendUnreachable | None = None
+        last: Exception | None = None
         for backend in backends[:MAX_ATTEMPTS]:
             access.backend = backend.name
             try:
-                return await relay(request, self.session, backend, path, body, access,
-                                   connect_timeout=self.config.connect_timeout)
-            except BackendUnreachable as exc:
-                self.poller.mark_down(backend, exc.reason)
+                return await relay(request, self.session, backend, path, body, access, timing=self.timing)
+            except (BackendUnreachable, BackendBusy) as exc:
+                if isinstance(exc, BackendUnreachable):
+                    self.poller.mark_down(backend, exc.reason)
                 last = exc
         raise RouterError(502, str(last) if last else "no backend is reachable", code="backend_unreachable")

@@ -15,8 +15,11 @@ from collections import deque
 from collections.abc import Callable
 
 from .errors import RouterError, model_not_found, server_busy
-from .fleet import OPENAI_ONLY, Backend, Fleet, RouteOption, serves
+from .fleet import Backend, Fleet, RouteOption, serves
 from .policy import Policy
+
+# Waiters queue per (model, native, excluded backends): each queue is served in order.
+WaitKey = tuple[str, "bool | str", frozenset[str]]
 
 
 class Lease:
@@ -68,7 +71,7 @@ class ConnectionTable:
         self._lock = asyncio.Lock()
         self._inflight: dict[tuple[str, str], int] = {}
         self._load: dict[str, int] = {}
-        self._waiters: dict[tuple[str, bool], deque[asyncio.Future]] = {}
+        self._waiters: dict[WaitKey, deque[asyncio.Future]] = {}
         self._queued = 0
         self._listeners: list[Callable[[], None]] = []
         self.policy = policy
@@ -102,26 +105,28 @@ class ConnectionTable:
 
         return _LeaseScope(self, model, native)
 
-    async def acquire(self, model: str, native: bool = False) -> Lease:
+    async def acquire(self, model: str, native: bool = False, exclude: frozenset[str] = frozenset()) -> Lease:
         """Reserve a slot for `model` (normalised name), waiting up to `queue_timeout`.
-        `native` limits the choice to Ollama backends (for Ollama-only endpoints).
+        `native` limits the choice to Ollama backends (for Ollama-only endpoints); `exclude`
+        names backends not to use (a retry after they failed this request).
 
         Raises RouterError: 404 when no backend has the model, 503 when none that has it is
         reachable or when the queue is full or the wait timed out."""
 
+        key = (model, native, exclude)
         async with self._lock:
-            lease = self._try_reserve(model, native)
+            lease = self._try_reserve(*key)
             if lease is not None:
                 return lease
             if self._queued >= self.max_queue:
                 raise server_busy(retry_after=2)
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault((model, native), deque()).append(waiter)
+            self._waiters.setdefault(key, deque()).append(waiter)
             self._queued += 1
             self._changed()
-        return await self._wait((model, native), waiter)
+        return await self._wait(key, waiter)
 
-    async def _wait(self, key: tuple[str, bool], waiter: asyncio.Future) -> Lease:
+    async def _wait(self, key: WaitKey, waiter: asyncio.Future) -> Lease:
         delivered = False
         try:
             async with asyncio.timeout(self.queue_timeout):
@@ -133,7 +138,7 @@ class ConnectionTable:
         finally:
             self._leave_queue(key, waiter, delivered)
 
-    def _leave_queue(self, key: tuple[str, bool], waiter: asyncio.Future, delivered: bool) -> None:
+    def _leave_queue(self, key: WaitKey, waiter: asyncio.Future, delivered: bool) -> None:
         """Leave the queue. A slot handed over at the very moment the caller gave up (timeout or
         cancellation) is released again, so it is never lost."""
 
@@ -149,17 +154,19 @@ class ConnectionTable:
         elif not delivered and not waiter.cancelled() and waiter.exception() is None:
             waiter.result().release()
 
-    def decide(self, model: str, native: bool = False) -> RouteOption | None:
+    def decide(self, model: str, native: bool = False, exclude: frozenset[str] = frozenset()) -> RouteOption | None:
         """The policy's choice for `model` now (None: it would wait), without reserving.
         Raises RouterError when no healthy backend has the model."""
 
         options = self.fleet.options(model, native)
+        if exclude:
+            options = tuple(o for o in options if o.name not in exclude)
         if not options:
             raise self._why_none(model, native)
         return self.policy.choose(options, self._inflight, self._load, time.time())
 
-    def _try_reserve(self, model: str, native: bool) -> Lease | None:
-        choice = self.decide(model, native)
+    def _try_reserve(self, model: str, native: bool, exclude: frozenset[str] = frozenset()) -> Lease | None:
+        choice = self.decide(model, native, exclude)
         return None if choice is None else self._reserve(choice.backend, model)
 
     def _reserve(self, backend: Backend, model: str) -> Lease:
@@ -182,9 +189,8 @@ class ConnectionTable:
         else:
             self._load.pop(lease.backend.name, None)
         self._changed()
-        self._hand_over((lease.model, False))
-        self._hand_over((lease.model, True))
-        self._hand_over((lease.model, OPENAI_ONLY))
+        for key in [k for k in self._waiters if k[0] == lease.model]:
+            self._hand_over(key)
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -202,7 +208,7 @@ class ConnectionTable:
 
     # -- waking waiters ------------------------------------------------------------------------
 
-    def _hand_over(self, key: tuple[str, bool]) -> None:
+    def _hand_over(self, key: WaitKey) -> None:
         """Give free slots for the model of `key` to its oldest waiters, in order."""
 
         queue = self._waiters.get(key)
@@ -225,7 +231,7 @@ class ConnectionTable:
         if queue is not None and not queue:
             self._waiters.pop(key, None)
 
-    def _fail_all(self, key: tuple[str, bool], error: RouterError) -> None:
+    def _fail_all(self, key: WaitKey, error: RouterError) -> None:
         for waiter in self._waiters.pop(key, ()):
             self._queued -= 1
             if not waiter.done():
@@ -261,6 +267,6 @@ class ConnectionTable:
         for (backend, model), count in self._inflight.items():
             per_backend.setdefault(backend, {})[model] = count
         queued: dict[str, int] = {}
-        for (model, _native), queue in self._waiters.items():
+        for (model, _native, _exclude), queue in self._waiters.items():
             queued[model] = queued.get(model, 0) + len(queue)
         return {"usage_counts": per_backend, "queued": queued, "queued_total": self._queued}

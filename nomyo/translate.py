@@ -25,8 +25,9 @@ from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, es
 from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
 from .errors import RouterError
 from .fleet import Backend
-from .relay import _reason, relay
+from .relay import relay
 from .responses import json_response
+from .upstream import IdleWatch
 
 log = logging.getLogger("nomyo.translate")
 Sender = Callable[[Backend], Awaitable[web.StreamResponse]]
@@ -39,7 +40,7 @@ def ollama_sender(request: web.Request, router, access: AccessRecord, path: str,
     async def send(backend: Backend) -> web.StreamResponse:
         if backend.config.is_ollama:
             return await relay(request, router.session, backend, path, raw, access,
-                               connect_timeout=router.config.connect_timeout)
+                               timing=router.timing)
         exchange = Exchange(request, router, backend, access, payload, spelled)
         return await exchange.run(path, model_id(backend, key, spelled))
 
@@ -94,7 +95,7 @@ class Exchange:
 
     async def _open(self, path: str, payload: dict, stream: bool) -> aiohttp.ClientResponse:
         return await open_upstream(self.request, self.router.session, self.backend, path, orjson.dumps(payload),
-                                   stream=stream, connect_timeout=self.router.config.connect_timeout)
+                                   stream=stream, timing=self.router.timing)
 
     def _load_answer(self, chat: bool) -> web.Response:
         """An empty prompt loads (keep_alive 0: unloads) a model in Ollama; an OpenAI server
@@ -152,8 +153,10 @@ class Exchange:
         await response.prepare(self.request)
         parser = SSEParser()
         ended, failure = False, None
+        watch = IdleWatch(upstream, self.router.timing.idle)
         try:
             async for chunk in upstream.content.iter_any():
+                watch.touch()
                 if not ended:  # after [DONE], read on to the end so the connection is reused
                     ended, failure = await self._forward(response, parser.feed(chunk), translator)
                 if failure:
@@ -168,8 +171,10 @@ class Exchange:
             self._cut(translator, "client-disconnected")
             return response
         except aiohttp.ClientError as exc:
-            failure = f"backend {self.backend.name} failed mid-stream: {_reason(exc)}"
+            failure = f"backend {self.backend.name} failed mid-stream: {watch.reason(exc)}"
             log.warning("%s", failure)
+        finally:
+            watch.stop()
         if failure:
             self._cut(translator, "backend-failed-mid-stream")
             return await _end_with(response, orjson.dumps({"error": failure}) + b"\n")

@@ -1,0 +1,146 @@
+"""Opening a request to a backend, with timeouts that fit LLMs, and the failures worth a retry.
+
+Three clocks, none of them a total timeout (a stream may rightly run for an hour):
+- connect: short; a backend that does not accept the connection is tried no longer.
+- first byte: long (a cold model load takes minutes); the time until the answer's headers.
+- idle: the longest silence allowed between two chunks of an answer once it has started.
+
+Anything that fails before a byte reached the client — refused, reset, no headers in time, or
+a 503 "busy" — is raised as a retryable error, so the router can try the next backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .fleet import Backend
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The clocks of one configuration (seconds)."""
+
+    connect: float = 5.0
+    first_byte: float = 600.0
+    idle: float = 300.0
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect, sock_read=None)
+
+
+class BackendUnreachable(Exception):
+    """Nothing reached the client yet and the backend could not be reached: another may do."""
+
+    def __init__(self, backend: str, reason: str):
+        super().__init__(f"backend {backend} is unreachable: {reason}")
+        self.reason = reason
+
+
+class BackendBusy(Exception):
+    """The backend answered 503 before anything was sent to the client: another may have room.
+    Carries the answer, so the last attempt can pass the backend's own words on."""
+
+    def __init__(self, backend: str, status: int, message: str, retry_after: str | None):
+        super().__init__(f"backend {backend} is busy: {message}")
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+RETRYABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError,
+             aiohttp.ClientOSError)
+
+
+async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method: str, path: str, body: bytes,
+                        headers: dict[str, str], timing: Timing) -> aiohttp.ClientResponse:
+    """Send the request and wait for the answer's headers (up to `timing.first_byte`).
+
+    Raises BackendUnreachable or BackendBusy (retryable: nothing was sent to the client), or
+    aiohttp.ClientError for anything else."""
+
+    url = backend.config.url + path
+    try:
+        async with asyncio.timeout(timing.first_byte):
+            upstream = await session.request(method, url, data=body, headers=headers,
+                                             timeout=timing.client_timeout())
+    except TimeoutError:
+        raise BackendUnreachable(backend.name, f"no answer within {timing.first_byte:g}s") from None
+    except RETRYABLE as exc:
+        raise BackendUnreachable(backend.name, describe(exc)) from None
+    if upstream.status == 503:
+        raise await _busy(backend, upstream)
+    return upstream
+
+
+async def _busy(backend: Backend, upstream: aiohttp.ClientResponse) -> BackendBusy:
+    try:
+        data = await upstream.read()
+    except aiohttp.ClientError:
+        data = b""
+    finally:
+        upstream.release()
+    return BackendBusy(backend.name, upstream.status, error_text(data) or "service unavailable",
+                       upstream.headers.get("Retry-After"))
+
+
+def error_text(data: bytes) -> str:
+    """The message of an error answer in either dialect (or its text)."""
+
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data[:500].decode(errors="replace").strip()
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else data[:500].decode(errors="replace").strip()
+
+
+class IdleWatch:
+    """Closes an upstream answer that has been silent for `idle` seconds.
+
+    Costs one float store per chunk (`touch`): a single timer checks the last touch and re-arms
+    itself, instead of a timeout object rescheduled for every chunk of a 40k-chunks/s relay."""
+
+    __slots__ = ("_handle", "_loop", "fired", "idle", "last", "upstream")
+
+    def __init__(self, upstream: aiohttp.ClientResponse, idle: float):
+        self._loop = asyncio.get_running_loop()
+        self.upstream = upstream
+        self.idle = idle
+        self.fired = False
+        self.last = self._loop.time()
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self.last + self.idle
+        if self._loop.time() >= deadline:
+            self.fired = True
+            self.upstream.close()  # the pending read fails; the relay ends the stream with an error
+        else:
+            self._handle = self._loop.call_at(deadline, self._check)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+    def reason(self, exc: BaseException) -> str:
+        return f"no data for {self.idle:g}s" if self.fired else describe(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for a failed upstream call, without internals."""
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, TimeoutError):
+        return "connect timed out"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the backend closed the connection"
+    return str(exc) or type(exc).__name__
