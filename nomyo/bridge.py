@@ -38,6 +38,7 @@ from .dialects.openai import (
 )
 from .errors import RouterError, openai_error_body
 from .fleet import Backend
+from .keepalive import open_stream
 from .names import normalize_model
 from .upstream import IdleWatch, Timing, describe
 from .upstream import open_upstream as open_backend
@@ -169,10 +170,8 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
                         access: AccessRecord, events: EventRelay, idle: float) -> web.StreamResponse:
     """An SSE stream, event by event as the backend sends them (one write per network chunk)."""
 
-    response = web.StreamResponse(status=upstream.status)
-    response.headers["Content-Type"] = upstream.headers.get("Content-Type", SSE)
-    response.headers["Cache-Control"] = "no-cache"
-    await response.prepare(request)
+    headers = {"Content-Type": upstream.headers.get("Content-Type", SSE), "Cache-Control": "no-cache"}
+    response = await open_stream(request, upstream.status, headers)
     parser = SSEParser()
     watch = IdleWatch(upstream, idle)
     try:

@@ -21,6 +21,7 @@ from .access import AccessRecord
 from .dialects.ollama import final_counts
 from .errors import RouterError
 from .fleet import Backend
+from .keepalive import open_stream
 from .upstream import IdleWatch, Timing, describe, open_upstream
 
 log = logging.getLogger("nomyo.relay")
@@ -86,8 +87,7 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
 
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend,
                         access: AccessRecord, idle: float) -> web.StreamResponse:
-    response = web.StreamResponse(status=upstream.status, headers=response_headers(upstream))
-    await response.prepare(request)
+    response = await open_stream(request, upstream.status, response_headers(upstream))
     tail = b""
     lines = 0  # NDJSON lines relayed: a stream cut short counts one generated token per line
     watch = IdleWatch(upstream, idle)

@@ -20,6 +20,7 @@ from .access import AccessRecord
 from .config import Config
 from .errors import RouterError, model_not_found
 from .fleet import Backend, Fleet
+from .keepalive import EARLY
 from .metrics import Metrics
 from .policy import make_policy
 from .poller import Poller
@@ -161,23 +162,45 @@ class Router:
         Before anything reached the client, a backend that cannot be reached (or does not start
         answering in time) is marked down, and one that answers 503 "busy" is left out, and the
         request goes to the next best backend after a short jittered pause, at most
-        MAX_ATTEMPTS times. After the first byte, a failure ends the stream with an error line."""
+        MAX_ATTEMPTS times. After the first byte, a failure ends the stream with an error line.
+        With keep-alives on (see keepalive.py), a streaming request that waits long gets its
+        headers early, and any later error is told inside the stream."""
 
+        early = request.get(EARLY)
+        if early is None:
+            return await self._forward(request, access, model, path, body, native, changes_loaded, send, display)
+        early.start()
+        try:
+            response = await self._forward(request, access, model, path, body, native, changes_loaded, send,
+                                           display)
+        except RouterError as exc:
+            if not early.started:
+                raise
+            access.outcome = "rejected"
+            return await early.fail(exc)
+        finally:
+            await early.stop()
+        if early.started and response is not early.response:
+            return await early.finish_with(response)
+        return response
+
+    async def _forward(self, request, access, model, path, body, native, changes_loaded, send, display):
         tried: frozenset[str] = frozenset()
+        last_failure: RouterError | None = None
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 lease = await self.acquire(model, native, display, tried)
             except RouterError:
-                if attempt == 1:
+                if last_failure is None:
                     raise
-                raise self._last_failure from None  # nobody else has the model: say what failed
+                raise last_failure from None  # nobody else has the model: say what failed
             try:
                 return await self._attempt(request, access, lease, model, path, body, send, changes_loaded)
             except (BackendUnreachable, BackendBusy) as exc:
-                self._last_failure = self._failure(lease.backend, exc, attempt)
+                last_failure = self._failure(lease.backend, exc, attempt)
                 tried |= {lease.backend.name}
                 if attempt == MAX_ATTEMPTS:
-                    raise self._last_failure from None
+                    raise last_failure from None
             finally:
                 lease.release()
             await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)

@@ -25,6 +25,7 @@ from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, es
 from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
 from .errors import RouterError
 from .fleet import Backend
+from .keepalive import open_stream
 from .relay import relay
 from .responses import json_response
 from .upstream import IdleWatch
@@ -134,9 +135,7 @@ class Exchange:
         self._count(final)
         if not stream:
             return json_response(final)
-        response = web.StreamResponse(status=200)
-        response.headers["Content-Type"] = NDJSON
-        await response.prepare(self.request)
+        response = await open_stream(self.request, 200, {"Content-Type": NDJSON})
         await response.write(orjson.dumps(final) + b"\n")
         await response.write_eof()
         return response
@@ -148,9 +147,7 @@ class Exchange:
     async def _stream(self, upstream: aiohttp.ClientResponse, translator: ToOllama) -> web.StreamResponse:
         """SSE events in, NDJSON lines out, as they come; the done line once the backend is done."""
 
-        response = web.StreamResponse(status=200)
-        response.headers["Content-Type"] = NDJSON
-        await response.prepare(self.request)
+        response = await open_stream(self.request, 200, {"Content-Type": NDJSON})
         parser = SSEParser()
         ended, failure = False, None
         watch = IdleWatch(upstream, self.router.timing.idle)

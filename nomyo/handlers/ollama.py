@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..dialects.ollama import is_load_or_unload
 from ..errors import bad_request
+from ..keepalive import EARLY, EarlyStream
 from ..translate import ollama_sender
 from .common import read_model_request
 
@@ -28,6 +29,7 @@ FIELD_TYPES = {
                    "keep_alive": DURATION},
     "/api/embeddings": {"prompt": STRING, "options": OBJECT, "keep_alive": DURATION},
 }
+STREAMING = ("/api/chat", "/api/generate")
 JSON_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object",
               int: "an integer", float: "a number"}
 
@@ -52,6 +54,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
     incoming = await read_model_request(request)
     path, payload = request.path, incoming.payload
     check_types(path, payload)
+    interval = incoming.router.config.keepalive_interval
+    if interval and path in STREAMING and payload.get("stream") is not False and not is_load_or_unload(path, payload):
+        request[EARLY] = EarlyStream(request, interval, sse=False, model=incoming.model, chat=path == "/api/chat")
     # Any backend with the model may serve it: an OpenAI-compatible one gets it translated.
     send = ollama_sender(request, incoming.router, incoming.access, path, payload, incoming.raw,
                          incoming.key, incoming.model)

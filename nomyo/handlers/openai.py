@@ -20,6 +20,7 @@ from ..bridge import send_openai
 from ..dialects.openai import JSON, check_request, model_object
 from ..errors import model_not_found
 from ..fleet import OPENAI_ONLY
+from ..keepalive import EARLY, EarlyStream
 from ..keys import ROUTER
 from ..names import normalize_model
 from .common import read_model_request
@@ -38,6 +39,9 @@ async def routed(request: web.Request) -> web.StreamResponse:
     check_request(request.path, incoming.payload)
     path = request.path.removeprefix("/v1")
     native = OPENAI_ONLY if path == "/rerank" else False
+    interval = incoming.router.config.keepalive_interval
+    if interval and incoming.payload.get("stream") is True and path in ("/chat/completions", "/completions"):
+        request[EARLY] = EarlyStream(request, interval, sse=True)
 
     async def send(backend):
         return await send_openai(request, incoming.router, backend, incoming.access, path, incoming.payload,
