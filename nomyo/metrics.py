@@ -56,6 +56,9 @@ class Metrics:
                               "Time from request to the first byte of a streamed answer",
                               ("backend", "model"), buckets=TTFT_BUCKETS, registry=self.registry)
         self.registry.register(FleetCollector(router))
+        # `labels()` validates and locks on every call; the children of a label set never change,
+        # so they are looked up once (this runs for every request).
+        self._children: dict[tuple[str, ...], tuple] = {}
 
     def observe(self, request: web.Request, record: AccessRecord, seconds: float) -> None:
         """One finished request (called by the access middleware, whatever the outcome)."""
@@ -63,11 +66,15 @@ class Metrics:
         # Only a routed request names a model: a client's unknown model never becomes a label.
         backend = record.backend or ""
         model = (record.model_key or "") if backend else ""
-        route = route_of(request)
-        self.requests.labels(route, backend, model, status_of(record)).inc()
-        self.duration.labels(route, backend, model).observe(seconds)
+        key = (route_of(request), backend, model, status_of(record))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key[:3]),
+                                              self.ttft.labels(backend, model))
+        children[0].inc()
+        children[1].observe(seconds)
         if record.first_byte_at is not None and record.started_at is not None and backend:
-            self.ttft.labels(backend, model).observe(max(0.0, record.first_byte_at - record.started_at))
+            children[2].observe(max(0.0, record.first_byte_at - record.started_at))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,6 @@ FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-
                              "OpenAI-Beta", "X-Request-Id")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Retry-After")
 STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
-TAIL_BYTES = 16384
 
 
 def upstream_headers(request: web.Request, backend: Backend) -> dict[str, str]:
@@ -88,7 +87,7 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend,
                         access: AccessRecord, idle: float) -> web.StreamResponse:
     response = await open_stream(request, upstream.status, response_headers(upstream))
-    tail = b""
+    before = last = b""  # the last two chunks (not copied): the counts are at the very end
     lines = 0  # NDJSON lines relayed: a stream cut short counts one generated token per line
     watch = IdleWatch(upstream, idle)
     try:
@@ -97,19 +96,19 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
             await response.write(chunk)
             if access.first_byte_at is None:
                 access.first_byte_at = time.perf_counter()
-            tail = (tail + chunk)[-TAIL_BYTES:]
+            before, last = last, chunk
             lines += chunk.count(b"\n")
     except asyncio.CancelledError:
         access.outcome = "client-disconnected"
-        access.count(final_counts(tail) or (0, lines))
+        access.count(final_counts(before + last) or (0, lines))
         raise
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         access.outcome = "client-disconnected"
-        access.count(final_counts(tail) or (0, lines))
+        access.count(final_counts(before + last) or (0, lines))
         return response
     except aiohttp.ClientError as exc:
         access.outcome = "backend-failed-mid-stream"
-        access.count(final_counts(tail) or (0, lines))
+        access.count(final_counts(before + last) or (0, lines))
         message = f"backend {backend.name} failed mid-stream: {watch.reason(exc)}"
         log.warning("%s", message)
         await _write_quietly(response, orjson.dumps({"error": message}) + b"\n")
@@ -117,7 +116,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
     finally:
         watch.stop()
     access.outcome = "ok"
-    access.count(final_counts(tail))
+    access.count(final_counts(before + last) or (0, lines))
     await response.write_eof()
     return response
 

@@ -12,7 +12,7 @@ a 503 "busy" — is raised as a retryable error, so the router can try the next 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
@@ -27,9 +27,12 @@ class Timing:
     connect: float = 5.0
     first_byte: float = 600.0
     idle: float = 300.0
+    client_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
 
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect, sock_read=None)
+    def __post_init__(self) -> None:
+        # built once per configuration, not per request
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect, sock_read=None)
+        object.__setattr__(self, "client_timeout", timeout)
 
 
 class BackendUnreachable(Exception):
@@ -66,7 +69,7 @@ async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method
     try:
         async with asyncio.timeout(timing.first_byte):
             upstream = await session.request(method, url, data=body, headers=headers,
-                                             timeout=timing.client_timeout())
+                                             timeout=timing.client_timeout)
     except TimeoutError:
         raise BackendUnreachable(backend.name, f"no answer within {timing.first_byte:g}s") from None
     except RETRYABLE as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -49,31 +50,21 @@ def is_load_or_unload(path: str, payload: dict[str, Any]) -> bool:
     return False
 
 
-def last_line(tail: bytes) -> bytes:
-    """The last complete non-empty line of an NDJSON tail."""
-
-    for line in reversed(tail.split(b"\n")):
-        if line.strip():
-            return line
-    return b""
+# Ollama's metrics are the last fields of the final object, after `context` (which can run to
+# tens of kilobytes), so they are read off the end with a pattern, not by parsing the line. A
+# quote before the name keeps `"eval_count"` from matching inside `"prompt_eval_count"`, and a
+# JSON string can never contain an unescaped quote, so no message text can imitate them.
+COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)":(\d+)')
+COUNTS_WINDOW = 600
 
 
 def final_counts(tail: bytes) -> tuple[int, int] | None:
-    """(prompt tokens, generated tokens) from the `done: true` line of a stream or a whole answer."""
+    """(prompt tokens, generated tokens) from the end of a stream or of a whole answer; None if
+    its last line carries no counts (a stream cut before its `done` line)."""
 
-    line = last_line(tail)
-    if not line or (b'"done"' not in line and b"prompt_eval_count" not in line):
+    end = tail.rstrip(b"\n")
+    start = max(end.rfind(b"\n") + 1, len(end) - COUNTS_WINDOW)
+    found = dict(COUNTS.findall(end, start))
+    if not found:
         return None
-    try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(obj, dict):
-        return None
-    if not obj.get("done") and "prompt_eval_count" not in obj:
-        return None
-    return _int(obj.get("prompt_eval_count")), _int(obj.get("eval_count"))
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return int(found.get(b"prompt_eval_count", 0)), int(found.get(b"eval_count", 0))
