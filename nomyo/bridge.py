@@ -40,7 +40,7 @@ from .errors import RouterError, openai_error_body
 from .fleet import Backend
 from .keepalive import open_stream
 from .names import normalize_model
-from .upstream import IdleWatch, Timing, describe
+from .upstream import IdleWatch, Timing, describe, is_json
 from .upstream import open_upstream as open_backend
 
 log = logging.getLogger("nomyo.bridge")
@@ -153,6 +153,9 @@ async def _relay_answer(upstream: aiohttp.ClientResponse, backend: Backend, acce
 
     data = await read_all(upstream, backend)
     content_type = upstream.headers.get("Content-Type", JSON)
+    if upstream.status < 400 and content_type.startswith(JSON) and not is_json(data):
+        access.outcome = "backend-failed"
+        raise RouterError(502, f"backend {backend.name} sent an answer that is not JSON")
     if upstream.status >= 400:
         access.outcome = "backend-error"
         if not is_error_object(data):
@@ -176,11 +179,13 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
     watch = IdleWatch(upstream, idle)
     try:
         async for chunk in upstream.content.iter_any():
-            watch.touch()
             out = events.relay(parser.feed(chunk))
             if out:
+                watch.writing = True
                 await response.write(out)
+                watch.writing = False
                 first_byte(access)
+            watch.touch()
         out = events.relay(parser.close())
         if out:
             await response.write(out)
@@ -195,15 +200,29 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
     except aiohttp.ClientError as exc:
         access.outcome = "backend-failed-mid-stream"
         access.count(events.meter.counts())
-        message = f"backend {backend.name} failed mid-stream: {watch.reason(exc)}"
-        log.warning("%s", message)
-        await _end_quietly(response, sse_event(openai_error_body(502, message, "backend_failed")))
-        return response
+        return await _fail_events(response, backend, access, events, watch.reason(exc))
     finally:
         watch.stop()
+    if events.failed:  # the backend's own error event went through: the stream is over
+        access.outcome = "backend-failed-mid-stream"
+        access.count(events.meter.counts())
+        await _end_quietly(response, b"")
+        return response
+    if not events.done:
+        return await _fail_events(response, backend, access, events, "the stream ended without [DONE]")
     access.outcome = "ok"
     access.count(events.meter.counts())
     await response.write_eof()
+    return response
+
+
+async def _fail_events(response: web.StreamResponse, backend: Backend, access: AccessRecord, events: EventRelay,
+                       reason: str) -> web.StreamResponse:
+    access.outcome = "backend-failed-mid-stream"
+    access.count(events.meter.counts())
+    message = f"backend {backend.name} failed mid-stream: {reason}"
+    log.warning("%s", message)
+    await _end_quietly(response, sse_event(openai_error_body(502, message, "backend_failed")))
     return response
 
 
@@ -217,11 +236,14 @@ class EventRelay:
         self.strip = strip
         self.want_usage = want_usage
         self.head: dict = {}
+        self.done = False  # `data: [DONE]` came: the stream is complete
+        self.failed = False  # the backend sent its own error event
 
     def relay(self, payloads: list[bytes]) -> bytes:
         out = []
         for payload in payloads:
             if payload.strip() == DONE:
+                self.done = True
                 out.append(self._missing_usage() + sse_event(DONE))
                 continue
             try:
@@ -238,6 +260,9 @@ class EventRelay:
         """The payload to relay (None: drop it) after metering `obj`."""
 
         if not isinstance(obj, dict):
+            return payload
+        if obj.get("error"):
+            self.failed = True
             return payload
         self.meter.observe(obj)
         if generates(obj):
@@ -259,7 +284,8 @@ class EventRelay:
 
 async def _end_quietly(response: web.StreamResponse, data: bytes) -> None:
     try:
-        await response.write(data)
+        if data:
+            await response.write(data)
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass

@@ -22,7 +22,7 @@ from .dialects.ollama import final_counts
 from .errors import RouterError
 from .fleet import Backend
 from .keepalive import open_stream
-from .upstream import IdleWatch, Timing, describe, open_upstream
+from .upstream import IdleWatch, Timing, describe, is_json, open_upstream
 
 log = logging.getLogger("nomyo.relay")
 
@@ -32,7 +32,10 @@ log = logging.getLogger("nomyo.relay")
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent",
                              "OpenAI-Beta", "X-Request-Id")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Retry-After")
-STREAMING_TYPES = ("application/x-ndjson", "text/event-stream")
+STREAMING_TYPES = ("application/x-ndjson",)
+DONE = b'"done":true'  # 11 bytes
+CONTENT = b'"done":false'  # 12 bytes
+TAIL = 1024  # bytes of a stream's end kept for its counts (they sit in the last ~200)
 
 
 def upstream_headers(request: web.Request, backend: Backend) -> dict[str, str]:
@@ -70,13 +73,17 @@ async def relay(request: web.Request, session: aiohttp.ClientSession, backend: B
 
 
 async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, access: AccessRecord) -> web.Response:
-    """A non-streamed answer (or an error): read it, count it, pass it on with its status."""
+    """A non-streamed answer (or an error): read it, count it, pass it on with its status. A 200
+    that is not JSON is the backend's failure, not an answer to hand the client."""
 
     try:
         data = await upstream.read()
     except aiohttp.ClientError as exc:
         raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
     if upstream.status < 400:
+        if upstream.headers.get("Content-Type", "").startswith("application/json") and not is_json(data):
+            access.outcome = "backend-failed"
+            raise RouterError(502, f"backend {backend.name} sent an answer that is not JSON")
         access.count(final_counts(data))
         access.outcome = "ok"
     else:
@@ -84,46 +91,102 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
     return web.Response(status=upstream.status, body=data, headers=response_headers(upstream))
 
 
+class StreamEnd:
+    """What the relay learns about an NDJSON stream from its chunks, without parsing lines:
+    whether the final `done: true` line came, whether the backend ended with its own error line,
+    how many content lines (`done: false`) went through (a cut stream counts a token each), and
+    the stream's last kilobyte (the counts are at the very end).
+
+    The markers cannot occur inside a JSON string (quotes are escaped there). Each is also looked
+    for across the seam between the stream so far and the new chunk, in a window whose halves are
+    each one byte shorter than the marker, so nothing is counted twice. Every step copies at most a few
+    kilobytes, whatever the chunk size."""
+
+    __slots__ = ("done", "lines", "tail")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.lines = 0
+        self.tail = b""
+
+    def see(self, chunk: bytes) -> None:
+        if not self.done and (DONE in chunk or DONE in self.tail[-10:] + chunk[:10]):
+            self.done = True
+        self.lines += chunk.count(CONTENT) + (self.tail[-11:] + chunk[:11]).count(CONTENT)
+        self.tail = (self.tail + chunk[-TAIL:])[-TAIL:]
+
+    @property
+    def complete(self) -> bool:
+        """The `done: true` line came, whole (a line ends with its newline)."""
+
+        return self.done and self.tail.endswith(b"\n")
+
+    @property
+    def ended_in_error(self) -> bool:
+        return self.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].startswith(b'{"error"')
+
+    def counts(self) -> tuple[int, int]:
+        """The backend's own counts, else one token per content line relayed."""
+
+        found = final_counts(self.tail) if self.complete else None
+        return found or (0, self.lines)
+
+
 async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, backend: Backend,
                         access: AccessRecord, idle: float) -> web.StreamResponse:
     response = await open_stream(request, upstream.status, response_headers(upstream))
-    before = last = b""  # the last two chunks (not copied): the counts are at the very end
-    lines = 0  # NDJSON lines relayed: a stream cut short counts one generated token per line
+    end = StreamEnd()
     watch = IdleWatch(upstream, idle)
     try:
         async for chunk in upstream.content.iter_any():
-            watch.touch()
+            watch.writing = True
             await response.write(chunk)
+            watch.writing = False
+            watch.touch()
             if access.first_byte_at is None:
                 access.first_byte_at = time.perf_counter()
-            before, last = last, chunk
-            lines += chunk.count(b"\n")
+            end.see(chunk)
     except asyncio.CancelledError:
         access.outcome = "client-disconnected"
-        access.count(final_counts(before + last) or (0, lines))
+        access.count(end.counts())
         raise
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         access.outcome = "client-disconnected"
-        access.count(final_counts(before + last) or (0, lines))
+        access.count(end.counts())
         return response
     except aiohttp.ClientError as exc:
-        access.outcome = "backend-failed-mid-stream"
-        access.count(final_counts(before + last) or (0, lines))
-        message = f"backend {backend.name} failed mid-stream: {watch.reason(exc)}"
-        log.warning("%s", message)
-        await _write_quietly(response, orjson.dumps({"error": message}) + b"\n")
-        return response
+        return await _fail_stream(response, backend, access, end, watch.reason(exc))
     finally:
         watch.stop()
+    if not end.complete:
+        if end.ended_in_error:  # the backend's own error line (a runner failure) is already sent
+            access.outcome = "backend-failed-mid-stream"
+            access.count(end.counts())
+            await _write_quietly(response, b"")
+            return response
+        return await _fail_stream(response, backend, access, end, "the stream ended without its final line")
     access.outcome = "ok"
-    access.count(final_counts(before + last) or (0, lines))
+    access.count(end.counts())
     await response.write_eof()
+    return response
+
+
+async def _fail_stream(response: web.StreamResponse, backend: Backend, access: AccessRecord, end: StreamEnd,
+                       reason: str) -> web.StreamResponse:
+    """End a stream the backend broke off with an error line, as Ollama ends a failed run."""
+
+    access.outcome = "backend-failed-mid-stream"
+    access.count(end.counts())
+    message = f"backend {backend.name} failed mid-stream: {reason}"
+    log.warning("%s", message)
+    await _write_quietly(response, orjson.dumps({"error": message}) + b"\n")
     return response
 
 
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
     try:
-        await response.write(data)
+        if data:
+            await response.write(data)
         await response.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         pass

@@ -212,10 +212,15 @@ class Router:
         access.backend = backend.name
         access.model_key = model
         was_loaded = backend.status.is_loaded(model, time.time())
-        if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
-            response = await send(backend)
-        else:
-            response = await relay(request, self.session, backend, path, body, access, timing=self.timing)
+        try:
+            if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
+                response = await send(backend)
+            else:
+                response = await relay(request, self.session, backend, path, body, access, timing=self.timing)
+        except RouterError as exc:
+            if exc.status == 502:  # the backend failed in a way no retry can fix now
+                self.poller.report_failure(backend, exc.message)
+            raise
         if not was_loaded and not changes_loaded and access.status == 200:
             self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
         if changes_loaded or not was_loaded:

@@ -153,9 +153,11 @@ class Exchange:
         watch = IdleWatch(upstream, self.router.timing.idle)
         try:
             async for chunk in upstream.content.iter_any():
-                watch.touch()
                 if not ended:  # after [DONE], read on to the end so the connection is reused
+                    watch.writing = True
                     ended, failure = await self._forward(response, parser.feed(chunk), translator)
+                    watch.writing = False
+                watch.touch()
                 if failure:
                     break
             else:

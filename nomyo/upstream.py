@@ -54,8 +54,10 @@ class BackendBusy(Exception):
         self.retry_after = retry_after
 
 
+# ClientResponseError here comes from the response parser (nothing calls raise_for_status): the
+# backend answered something that is not HTTP, which another backend may well do better.
 RETRYABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError,
-             aiohttp.ClientOSError)
+             aiohttp.ClientOSError, aiohttp.ClientResponseError)
 
 
 async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method: str, path: str, body: bytes,
@@ -90,6 +92,16 @@ async def _busy(backend: Backend, upstream: aiohttp.ClientResponse) -> BackendBu
                        upstream.headers.get("Retry-After"))
 
 
+def is_json(data: bytes) -> bool:
+    """Whether a backend's 200 answer is the JSON it claims to be."""
+
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def error_text(data: bytes) -> str:
     """The message of an error answer in either dialect (or its text)."""
 
@@ -106,16 +118,19 @@ def error_text(data: bytes) -> str:
 class IdleWatch:
     """Closes an upstream answer that has been silent for `idle` seconds.
 
-    Costs one float store per chunk (`touch`): a single timer checks the last touch and re-arms
-    itself, instead of a timeout object rescheduled for every chunk of a 40k-chunks/s relay."""
+    Costs a few attribute stores per chunk: a single timer checks the last touch and re-arms
+    itself, instead of a timeout object rescheduled for every chunk of a 40k-chunks/s relay.
+    The clock stands still while the relay waits for the client to take a chunk (`writing`):
+    a slow client is not a silent backend."""
 
-    __slots__ = ("_handle", "_loop", "fired", "idle", "last", "upstream")
+    __slots__ = ("_handle", "_loop", "fired", "idle", "last", "upstream", "writing")
 
     def __init__(self, upstream: aiohttp.ClientResponse, idle: float):
         self._loop = asyncio.get_running_loop()
         self.upstream = upstream
         self.idle = idle
         self.fired = False
+        self.writing = False
         self.last = self._loop.time()
         self._handle = self._loop.call_at(self.last + idle, self._check)
 
@@ -123,6 +138,8 @@ class IdleWatch:
         self.last = self._loop.time()
 
     def _check(self) -> None:
+        if self.writing:
+            self.last = self._loop.time()
         deadline = self.last + self.idle
         if self._loop.time() >= deadline:
             self.fired = True

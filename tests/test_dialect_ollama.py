@@ -30,3 +30,19 @@ def test_text_that_looks_like_counts_does_not_count():
 def test_embed_answer_has_only_prompt_tokens():
     answer = orjson.dumps({"model": "e", "embeddings": [[0.1] * 300], "total_duration": 5, "prompt_eval_count": 8})
     assert final_counts(answer) == (8, 0)
+
+
+def test_stream_end_sees_markers_split_across_chunks_once():
+    from nomyo.relay import StreamEnd
+
+    lines = [orjson.dumps({"model": "m", "response": w, "done": False}) + b"\n" for w in "abcde"]
+    stream = b"".join(lines) + orjson.dumps(FINAL) + b"\n"
+    for size in (1, 5, 7, 11, 12, 13, 64, len(stream)):
+        end = StreamEnd()
+        for i in range(0, len(stream), size):
+            end.see(stream[i:i + size])
+        assert end.complete and end.lines == 5, size
+    cut = StreamEnd()
+    for i in range(0, len(stream) - 200, 7):
+        cut.see(stream[i:i + 7])
+    assert not cut.complete and cut.counts() == (0, 5)

@@ -33,6 +33,10 @@ _DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 _STREAM_ERROR = "an error was encountered while running the model"
 _PULL_ERROR = "max retries exceeded: unexpected EOF"
 _NDJSON = {"Content-Type": "application/x-ndjson"}
+# What a backend that is not Ollama (or a broken proxy in front of it) may send instead.
+GARBLED_LINES = b'{"model": "llama3", "message": {"role": "assis\n\xff\xfe this is not JSON\n'
+GARBLED_BODY = b"<html><body>502 Bad Gateway</body></html>\x00\xff"
+NOT_HTTP = b"SSH-2.0-OpenSSH_9.6\r\n\x00\xff\xfe garbage\r\n\r\n"
 
 
 @dataclass
@@ -73,7 +77,9 @@ class _Loaded:
 class _Fault:
     """A scripted failure of a chat/generate request after ``after`` tokens."""
 
-    kind: str  # "error": an {"error": ...} line, then the stream ends; "cut": the socket is closed
+    kind: str  # "error": an {"error": ...} line, then the stream ends; "cut": the socket is closed;
+    # "reset": the socket is closed before any byte of the answer; "garbage-stream", "garbage-json",
+    # "garbage-http": see ``garble_next``
     after: int
     error: str
 
@@ -266,6 +272,21 @@ class FakeOllama:
     def cut_next(self, after_tokens: int = 1, count: int = 1) -> None:
         """The next chat/generate requests send ``after_tokens`` tokens, then the socket is closed."""
         self._faults.extend([_Fault("cut", after_tokens, "")] * count)
+
+    def reset_next(self, count: int = 1) -> None:
+        """The next chat/generate requests get their connection closed before any byte of the
+        answer (not even a status line): a backend that crashed or reset the connection."""
+        self._faults.extend([_Fault("reset", 0, "")] * count)
+
+    def garble_next(self, kind: str = "stream", after_tokens: int = 1, count: int = 1) -> None:
+        """The next chat/generate requests get an answer that is not Ollama's format:
+        ``"stream"``: a stream (200, x-ndjson) of ``after_tokens`` good lines, then a broken JSON
+        line and a line of binary junk, and it ends without a ``done`` line; ``"json"``: a 200
+        ``application/json`` answer whose body is not JSON (streamed or not); ``"http"``: junk that
+        is not HTTP at all, then the connection is closed."""
+        if kind not in ("stream", "json", "http"):
+            raise ValueError(f"unknown garbage kind {kind!r}")
+        self._faults.extend([_Fault("garbage-" + kind, after_tokens, "")] * count)
 
     def hang(self) -> None:
         """Inference requests wait before answering (no headers) until ``release()``."""
@@ -531,10 +552,12 @@ class FakeOllama:
     # ------------------------------------------------------------ inference
 
     async def _inference(
-        self, request: web.Request, struct: str, serve: Callable[[web.Request, dict, _Ticket], Awaitable[Any]]
+        self, request: web.Request, struct: str, serve: Callable[[web.Request, dict, _Ticket], Awaitable[Any]],
+        body: dict | None = None,
     ) -> web.StreamResponse:
-        """Everything inference endpoints share: counting, hang, fail_next, disconnects, release."""
-        body = await self._body(request, struct)
+        """Everything inference endpoints share: counting, hang, fail_next, disconnects, release.
+        ``body``: already decoded (the /v1 API's), instead of as the Go ``struct``."""
+        body = await self._body(request, struct) if body is None else body
         ticket = _Ticket(model_key(body["model"]) if body.get("model") else "", time.perf_counter_ns())
         self.active += 1
         self.max_active = max(self.max_active, self.active)
@@ -681,6 +704,8 @@ class FakeOllama:
         done_reason = "stop" if limit is None else "length"
         fault = self._faults.popleft() if self._faults else None
         stream = body.get("stream") is not False
+        if fault and fault.kind in ("reset", "garbage-json", "garbage-http"):
+            return await self._apply_fault(request, ticket, fault)
 
         def final(piece: str, prompt_ns: int, eval_start: int) -> dict:
             out = {**fmt.chunk(model, piece, True, chat), "done_reason": done_reason}
@@ -721,8 +746,19 @@ class FakeOllama:
     async def _apply_fault(
         self, request: web.Request, ticket: _Ticket, fault: _Fault, resp: web.StreamResponse | None = None
     ) -> web.StreamResponse:
-        """Scripted runner failure: an error line (a 500 before any output), or a cut socket."""
-        if fault.kind == "cut":
+        """Scripted runner failure: an error line (a 500 before any output), or a cut socket;
+        or an answer in no known format (``garble_next``)."""
+        if fault.kind in ("garbage-json", "garbage-stream"):
+            ticket.outcome = "failed"
+            if resp is None:  # one 200 answer that is not JSON
+                body = GARBLED_BODY if fault.kind == "garbage-json" else GARBLED_LINES
+                return web.Response(status=200, body=body, headers={"Content-Type": "application/json"})
+            await resp.write(GARBLED_LINES)
+            await resp.write_eof()
+            return resp
+        if fault.kind == "garbage-http" and request.transport is not None:
+            request.transport.write(NOT_HTTP)
+        if fault.kind in ("cut", "reset", "garbage-http"):
             ticket.outcome = "cut"
             if request.transport is not None:
                 request.transport.close()

@@ -1,8 +1,15 @@
 """FakeOllama plus Ollama's own OpenAI layer (`/v1/chat/completions`, `/v1/embeddings`,
-`/v1/models`) in the shapes of reference §15, for tests of /v1 requests routed to Ollama."""
+`/v1/models`) in the shapes of reference §15, for tests of /v1 requests routed to Ollama.
+
+`/v1/chat/completions` behaves like `/api/chat` around its own wire format: it loads the model
+(`load_delay`), takes a `num_parallel` slot, paces tokens (`token_delay`), waits on `gate` after
+the first token, and obeys the scripted faults (`hang`, `fail_next`, `fail_midstream` as an SSE
+error event, `cut_next`, `reset_next`, `garble_next` ("stream": a broken event, then the stream
+ends without `[DONE]`)), with the same counters."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -34,27 +41,59 @@ class FakeOllamaV1(FakeOllama):
     async def _v1_chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         try:
-            self._spec(body.get("model") or "")
+            return await self._inference(request, "", self._serve_v1_chat, body=body if isinstance(body, dict) else {})
         except ApiError as exc:
             return v1_error(exc.status, exc.message)
-        tokens = fmt.word_tokens(self.reply.format(name=self.name, model=body["model"]))
+
+    async def _serve_v1_chat(self, request: web.Request, body: dict, ticket) -> web.StreamResponse:
+        spec = self._spec(body.get("model") or "")
+        await self._load(spec, self.keep_alive_s, ticket)
+        limit = body.get("max_tokens")
+        limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
+        tokens = fmt.n_tokens(fmt.word_tokens(self.reply.format(name=self.name, model=body["model"])), limit)
         head = {"id": "chatcmpl-42", "object": "chat.completion", "created": int(time.time()),
                 "model": body["model"], "system_fingerprint": "fp_ollama"}
         usage = {"prompt_tokens": 3, "completion_tokens": len(tokens), "total_tokens": 3 + len(tokens)}
-        if not body.get("stream"):
-            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)}, "finish_reason": "stop"}
-            return web.json_response(head | {"choices": [choice], "usage": usage})
-        head["object"] = "chat.completion.chunk"
-        deltas = [{"role": "assistant", "content": tokens[0]}] + [{"content": t} for t in tokens[1:]]
-        events = [head | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
-        events.append(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if (body.get("stream_options") or {}).get("include_usage"):
-            events.append(head | {"choices": [], "usage": usage})
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for event in events:
-            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
-        await response.write(b"data: [DONE]\n\n")
+        fault = self._faults.popleft() if self._faults else None
+        if fault and (fault.kind in ("reset", "garbage-json", "garbage-http") or not body.get("stream")):
+            return await self._apply_fault(request, ticket, fault)
+        async with self._slot(ticket.key):
+            if not body.get("stream"):
+                for _ in tokens:
+                    await asyncio.sleep(self.token_delay)
+                choice = {"index": 0, "message": {"role": "assistant", "content": "".join(tokens)},
+                          "finish_reason": "stop"}
+                return web.json_response(head | {"choices": [choice], "usage": usage})
+            head["object"] = "chat.completion.chunk"
+            deltas = [{"role": "assistant", "content": tokens[0]}] + [{"content": t} for t in tokens[1:]]
+            events = [head | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+            events.append(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append(head | {"choices": [], "usage": usage})
+            response = ticket.response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i, event in enumerate(events):
+                if fault and i == min(fault.after, len(tokens)):
+                    return await self._v1_fault(request, ticket, fault, response)
+                if i < len(tokens):
+                    await asyncio.sleep(self.token_delay)
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+                if i == 0 and self.gate is not None:
+                    await self.gate.wait()
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+
+    async def _v1_fault(self, request: web.Request, ticket, fault, response: web.StreamResponse) -> web.StreamResponse:
+        """A scripted failure after the stream started, as Ollama's OpenAI layer shows it."""
+        if fault.kind == "cut":
+            return await self._apply_fault(request, ticket, fault, response)
+        ticket.outcome = "failed"
+        if fault.kind == "error":
+            error = {"error": {"message": fault.error, "type": "api_error", "param": None, "code": None}}
+            await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+        else:  # garbage-stream
+            await response.write(b"data: {\"id\": \"chatcmpl-42\", \"choi\n\n\xff\xfe not an event\n\n")
         await response.write_eof()
         return response
 

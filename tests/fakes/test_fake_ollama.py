@@ -367,6 +367,34 @@ async def test_fail_next_and_midstream(fake, client):
     assert (await client.generate(model="llama3", prompt="x")).response == "Hello from t"
 
 
+async def test_reset_and_garbage(fake):
+    """reset_next: no status line at all; garble_next: a stream that breaks its format and ends
+    without done, a 200 JSON answer that is not JSON, bytes that are not HTTP."""
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "x"}]}
+    fake.reset_next()
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await raw(fake, "POST", "/api/chat", chat)
+    fake.garble_next("stream", after_tokens=1)
+    status, headers, data = await raw(fake, "POST", "/api/chat", chat)
+    assert (status, headers["Content-Type"]) == (200, "application/x-ndjson")
+    first, *rest = data.split(b"\n")
+    assert json.loads(first)["message"]["content"] == "Hello" and b'"done":true' not in data
+    for line in filter(None, rest):
+        with pytest.raises(ValueError):
+            json.loads(line)
+    for stream in (True, False):
+        fake.garble_next("json")
+        status, headers, data = await raw(fake, "POST", "/api/chat", chat | {"stream": stream})
+        assert (status, headers["Content-Type"]) == (200, "application/json")
+        with pytest.raises(ValueError):
+            json.loads(data)
+    fake.garble_next("http")
+    with pytest.raises(aiohttp.ClientResponseError, match="Bad status line"):
+        await raw(fake, "POST", "/api/generate", {"model": "llama3", "prompt": "x"})
+    assert (fake.served, fake.failed) == (0, 5)
+    assert ndjson((await raw(fake, "POST", "/api/chat", chat))[2])[-1]["done"] is True
+
+
 async def test_hang_gate_parallel_and_disconnect(fake, client):
     fake.hang()
     task = asyncio.create_task(client.generate(model="llama3", prompt="x"))
