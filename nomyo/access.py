@@ -21,8 +21,8 @@ log = logging.getLogger("nomyo.access")
 class AccessRecord:
     """What the handler learned about one request: model, backend, tokens, how it ended."""
 
-    __slots__ = ("backend", "caller", "completion_tokens", "first_byte_at", "model", "model_key", "outcome",
-                 "prompt_tokens", "started_at", "status")
+    __slots__ = ("backend", "caller", "completion_tokens", "first_byte_at", "load_seconds", "model", "model_key",
+                 "outcome", "prompt_tokens", "started_at", "status")
 
     def __init__(self) -> None:
         self.model: str | None = None  # as the client spelled it (for the log line)
@@ -35,6 +35,7 @@ class AccessRecord:
         self.caller: str | None = None
         self.started_at: float | None = None  # time.perf_counter() at arrival
         self.first_byte_at: float | None = None  # when the relay wrote the first chunk of a stream
+        self.load_seconds: float | None = None  # the backend's load_duration, when it reported one
 
     def count(self, counts: tuple[int, int] | None) -> None:
         if counts is not None:

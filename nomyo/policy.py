@@ -19,13 +19,24 @@ Loads = Mapping[str, int]
 LOAD_WEIGHT = 1 << 20
 
 
+class Learned(Protocol):
+    """What the router has learned from answers: how long a model takes to load on a backend
+    (Ollama's `load_duration`) and to run, and how many requests wait for a model."""
+
+    def load_time(self, key: tuple[str, str]) -> float | None: ...
+
+    def run_time(self, model: str) -> float | None: ...
+
+    def waiting(self, model: str) -> int: ...
+
+
 class Policy(Protocol):
     """Choose a backend for the model, or None to make the request wait for a slot."""
 
     name: str
 
-    def choose(self, options: Sequence[RouteOption], inflight: Counts, load: Loads,
-               now: float) -> RouteOption | None: ...
+    def choose(self, options: Sequence[RouteOption], inflight: Counts, load: Loads, now: float,
+               learned: Learned | None = None) -> RouteOption | None: ...
 
 
 class LoadedFirst:
@@ -34,7 +45,9 @@ class LoadedFirst:
        will be ready soonest, and a second copy would cost a second load.
     3. Where it is only installed, least loaded backend first, but only while fewer than
        `cold_load_spread` loads of it are under way, so a burst for a cold model loads it once
-       (or as many times as configured) instead of on every idle backend.
+       (or as many times as configured) instead of on every idle backend; and, when the model
+       is loaded elsewhere but full, only if loading it there (as learned from `load_duration`)
+       is quicker than waiting for a slot (as learned from how long requests for it run).
     4. Else nothing: the request waits rather than overloading a backend."""
 
     name = "loaded-first"
@@ -42,13 +55,14 @@ class LoadedFirst:
     def __init__(self, cold_load_spread: int = 1):
         self.cold_load_spread = cold_load_spread
 
-    def choose(self, options, inflight, load, now):
+    def choose(self, options, inflight, load, now, learned=None):
         loaded = loading = cold = None
         loaded_key = loading_key = cold_key = 0
-        loads_under_way = 0
+        loads_under_way = warm_slots = 0
         for option in options:
             busy = inflight.get(option.key, 0)
             if option.loaded_until > now:
+                warm_slots += option.slots
                 if busy < option.slots:
                     key = busy * LOAD_WEIGHT + load.get(option.name, 0)
                     if loaded is None or key < loaded_key:
@@ -67,9 +81,23 @@ class LoadedFirst:
             return loaded
         if loading is not None:
             return loading
-        if cold is not None and loads_under_way < self.cold_load_spread:
-            return cold
-        return None
+        if cold is None or loads_under_way >= self.cold_load_spread:
+            return None
+        if warm_slots and learned is not None and _waiting_is_quicker(cold, warm_slots, learned):
+            return None
+        return cold
+
+
+def _waiting_is_quicker(cold: RouteOption, warm_slots: int, learned: Learned) -> bool:
+    """Whether a slot where the model is loaded will free before a cold load there would finish:
+    the queue ahead of this request, spread over the loaded slots, times how long a request runs,
+    against how long this backend took to load the model. Unknown times: load (as without)."""
+
+    model = cold.key[1]
+    load_time, run_time = learned.load_time(cold.key), learned.run_time(model)
+    if load_time is None or run_time is None:
+        return False
+    return run_time * (learned.waiting(model) + 1) / warm_slots < load_time
 
 
 class OriginalLike:
@@ -82,7 +110,7 @@ class OriginalLike:
     def __init__(self, cold_load_spread: int = 1):
         del cold_load_spread  # the original has no such limit
 
-    def choose(self, options, inflight, load, now):
+    def choose(self, options, inflight, load, now, learned=None):
         best = None
         best_key = 0
         for option in options:

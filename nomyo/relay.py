@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from .access import AccessRecord
-from .dialects.ollama import final_counts
+from .dialects.ollama import final_counts, load_seconds
 from .errors import RouterError
 from .fleet import Backend
 from .keepalive import open_stream
@@ -85,6 +85,7 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
             access.outcome = "backend-failed"
             raise RouterError(502, f"backend {backend.name} sent an answer that is not JSON")
         access.count(final_counts(data))
+        access.load_seconds = load_seconds(data)
         access.outcome = "ok"
     else:
         access.outcome = "backend-error"
@@ -167,6 +168,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         return await _fail_stream(response, backend, access, end, "the stream ended without its final line")
     access.outcome = "ok"
     access.count(end.counts())
+    access.load_seconds = load_seconds(end.tail)
     await response.write_eof()
     return response
 

@@ -212,6 +212,7 @@ class Router:
         access.backend = backend.name
         access.model_key = model
         was_loaded = backend.status.is_loaded(model, time.time())
+        started = time.monotonic()
         try:
             if send is not None:  # the handler's own exchange: the /v1 relay, or a translation
                 response = await send(backend)
@@ -221,12 +222,22 @@ class Router:
             if exc.status == 502:  # the backend failed in a way no retry can fix now
                 self.poller.report_failure(backend, exc.message)
             raise
+        if access.outcome == "ok" and not changes_loaded:
+            self._learn(backend, model, access, time.monotonic() - started, was_loaded)
         if not was_loaded and not changes_loaded and access.status == 200:
             self.fleet.note_loaded(backend, model, time.time() + ASSUMED_KEEP_ALIVE)
         if changes_loaded or not was_loaded:
             self.poller.refresh_soon(backend)
         self._judge(backend, access)
         return response
+
+    def _learn(self, backend: Backend, model: str, access: AccessRecord, seconds: float, was_loaded: bool) -> None:
+        """Remember how long loading and running took, for the next cold-load decision."""
+
+        loading = access.load_seconds or 0.0
+        if not was_loaded and loading > 0.05:
+            self.table.learn_load(backend.name, model, loading)
+        self.table.learn_run(model, max(0.0, seconds - loading))
 
     def _failure(self, backend: Backend, exc: Exception, attempt: int) -> RouterError:
         """Account for a failed attempt; the error the client gets if no other attempt works."""

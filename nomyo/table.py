@@ -74,6 +74,8 @@ class ConnectionTable:
         self._waiters: dict[WaitKey, deque[asyncio.Future]] = {}
         self._queued = 0
         self._listeners: list[Callable[[], None]] = []
+        self._load_times: dict[tuple[str, str], float] = {}  # kept across reloads: same names, same machines
+        self._run_times: dict[str, float] = {}
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
@@ -163,7 +165,7 @@ class ConnectionTable:
             options = tuple(o for o in options if o.name not in exclude)
         if not options:
             raise self._why_none(model, native)
-        return self.policy.choose(options, self._inflight, self._load, time.time())
+        return self.policy.choose(options, self._inflight, self._load, time.time(), self)
 
     def _try_reserve(self, model: str, native: bool, exclude: frozenset[str] = frozenset()) -> Lease | None:
         choice = self.decide(model, native, exclude)
@@ -248,6 +250,34 @@ class ConnectionTable:
         for listener in self._listeners:
             listener()
 
+    # -- what was learned from answers (the policy's `Learned`) ---------------------------------
+
+    def learn_load(self, backend: str, model: str, seconds: float) -> None:
+        """Ollama reported how long loading `model` on `backend` took (`load_duration`)."""
+
+        key = (backend, model)
+        self._load_times[key] = _average(self._load_times.get(key), seconds)
+
+    def learn_run(self, model: str, seconds: float) -> None:
+        """A request for `model` held its slot for `seconds`."""
+
+        self._run_times[model] = _average(self._run_times.get(model), seconds)
+
+    def load_time(self, key: tuple[str, str]) -> float | None:
+        return self._load_times.get(key)
+
+    def run_time(self, model: str) -> float | None:
+        return self._run_times.get(model)
+
+    def waiting(self, model: str) -> int:
+        return sum(len(queue) for key, queue in self._waiters.items() if key[0] == model)
+
+    def learned(self) -> dict:
+        """Load and run times, for /api/config and the metrics."""
+
+        return {"load_seconds": {f"{b}/{m}": round(t, 3) for (b, m), t in self._load_times.items()},
+                "run_seconds": {m: round(t, 3) for m, t in self._run_times.items()}}
+
     # -- views -----------------------------------------------------------------------------------
 
     @property
@@ -270,3 +300,9 @@ class ConnectionTable:
         for (model, _native, _exclude), queue in self._waiters.items():
             queued[model] = queued.get(model, 0) + len(queue)
         return {"usage_counts": per_backend, "queued": queued, "queued_total": self._queued}
+
+
+def _average(previous: float | None, seconds: float, weight: float = 0.3) -> float:
+    """An exponentially weighted average: recent answers count most, one outlier does not rule."""
+
+    return seconds if previous is None else previous + weight * (seconds - previous)

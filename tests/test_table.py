@@ -251,3 +251,35 @@ async def test_original_like_policy_overcommits_and_spreads_cold_bursts():
     for lease in leases:
         lease.release()
     assert_idle(table)
+
+
+async def test_learned_times_decide_between_waiting_and_a_cold_load():
+    """The model is loaded on a (full) and installed on b. If loading it on b took 5 s and a
+    request runs 1 s, the next request waits for a's slot; if loading takes 0.2 s, b loads it."""
+    warm, cold = backend("warm", loaded=["llama3:latest"]), backend("cold")
+    table = table_for(warm, cold)
+    held = await table.acquire("llama3:latest")
+    assert held.backend is warm
+    table.learn_run("llama3:latest", 1.0)
+    table.learn_load("cold", "llama3:latest", 5.0)
+    assert table.decide("llama3:latest") is None  # a's slot frees in ~1 s: quicker than a 5 s load
+    table.learn_load("cold", "llama3:latest", 0.2)
+    table.learn_load("cold", "llama3:latest", 0.2)
+    for _ in range(10):
+        table.learn_load("cold", "llama3:latest", 0.2)
+    assert table.decide("llama3:latest").backend is cold  # the load is quicker now
+    held.release()
+    assert table.learned()["run_seconds"] == {"llama3:latest": 1.0}
+
+
+async def test_load_time_is_learned_from_ollamas_load_duration(fakes, start_router, http):
+    import orjson
+
+    a = await fakes("a", load_delay=0.2)
+    router = await start_router([a])
+    body = orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False})
+    async with http.post(router.url + "/api/generate", data=body) as resp:
+        assert resp.status == 200
+    assert 0.15 < router.table.load_time(("a", "llama3:latest")) < 5
+    async with http.get(router.url + "/api/config") as resp:
+        assert "a/llama3:latest" in (await resp.json())["learned"]["load_seconds"]

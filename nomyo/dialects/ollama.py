@@ -11,6 +11,9 @@ from ..errors import bad_request
 
 NDJSON = "application/x-ndjson"
 JSON_UTF8 = "application/json; charset=utf-8"
+# Deeper bodies are refused: the router re-encodes bodies it translates or fans out, and orjson
+# writes at most 254 levels (it reads 1024). No real request comes near this.
+MAX_DEPTH = 128
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -24,7 +27,22 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise bad_request(f"invalid JSON in request body: {exc}") from None
     if not isinstance(payload, dict):
         raise bad_request("request body must be a JSON object")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and too_deep(payload, MAX_DEPTH):
+        raise bad_request(f"request body nested too deeply (more than {MAX_DEPTH} levels)")
     return payload
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests more than `limit` arrays and objects (without recursing)."""
+
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def require_model(payload: dict[str, Any], field: str = "model") -> str:
@@ -56,6 +74,7 @@ def is_load_or_unload(path: str, payload: dict[str, Any]) -> bool:
 # JSON string can never contain an unescaped quote, so no message text can imitate them.
 COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)":(\d+)')
 COUNTS_WINDOW = 600
+LOAD_DURATION = re.compile(rb'"load_duration":(\d+)')
 
 
 def final_counts(tail: bytes) -> tuple[int, int] | None:
@@ -68,3 +87,12 @@ def final_counts(tail: bytes) -> tuple[int, int] | None:
     if not found:
         return None
     return int(found.get(b"prompt_eval_count", 0)), int(found.get(b"eval_count", 0))
+
+
+def load_seconds(tail: bytes) -> float | None:
+    """Ollama's `load_duration` (ns) on the final line, in seconds: how long the model took to
+    become ready (a cold load takes seconds; a warm model a few microseconds)."""
+
+    end = tail.rstrip(b"\n")
+    found = LOAD_DURATION.search(end, max(end.rfind(b"\n") + 1, len(end) - COUNTS_WINDOW))
+    return int(found.group(1)) / 1e9 if found else None

@@ -152,7 +152,7 @@ async def config(request: web.Request) -> web.Response:
         entry["model_slots"] = dict(router.fleet.backends[view["name"]].config.model_slots)
         endpoints.append(entry)
     return json_response({"endpoints": endpoints, "require_router_api_key": bool(router.config.router_api_keys),
-                          "router_version": __version__})
+                          "router_version": __version__, "learned": router.table.learned()})
 
 
 async def health(request: web.Request) -> web.Response:
@@ -190,6 +190,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/time_series", time_series)
     app.router.add_post("/api/aggregate_time_series_days", aggregate_time_series_days)
     app.router.add_get("/api/config", config)
-    app.router.add_get("/api/usage-stream", usage_stream)
+    app.router.add_get("/api/usage-stream", usage_stream, allow_head=False)  # a stream has no HEAD
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
