@@ -38,7 +38,7 @@ from .dialects.openai import (
 )
 from .errors import RouterError, openai_error_body
 from .fleet import Backend
-from .keepalive import open_stream
+from .keepalive import end_stream, open_stream
 from .names import normalize_model
 from .upstream import IdleWatch, Timing, describe, is_json
 from .upstream import open_upstream as open_backend
@@ -206,7 +206,7 @@ async def _relay_events(request: web.Request, upstream: aiohttp.ClientResponse, 
     if events.failed:  # the backend's own error event went through: the stream is over
         access.outcome = "backend-failed-mid-stream"
         access.count(events.meter.counts())
-        await _end_quietly(response, b"")
+        await end_stream(response, b"")
         return response
     if not events.done:
         return await _fail_events(response, backend, access, events, "the stream ended without [DONE]")
@@ -222,7 +222,7 @@ async def _fail_events(response: web.StreamResponse, backend: Backend, access: A
     access.count(events.meter.counts())
     message = f"backend {backend.name} failed mid-stream: {reason}"
     log.warning("%s", message)
-    await _end_quietly(response, sse_event(openai_error_body(502, message, "backend_failed")))
+    await end_stream(response, sse_event(openai_error_body(502, message, "backend_failed")))
     return response
 
 
@@ -280,12 +280,3 @@ class EventRelay:
         prompt, completion = self.meter.counts()
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         return sse_event(orjson.dumps({**self.head, "choices": [], "usage": usage}))
-
-
-async def _end_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        if data:
-            await response.write(data)
-        await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass

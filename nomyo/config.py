@@ -26,12 +26,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from .names import normalize_model
+from .yaml_fields import ConfigError, FieldReader, ListItem, expand_env
 
 DEFAULT_CONFIG_PATH = "/etc/nomyo/config.yaml"
 DEFAULT_LISTEN = "127.0.0.1:12434"
 DEFAULT_DB_PATH = "/var/lib/nomyo/usage.db"
 ENDPOINT_TYPES = ("ollama", "openai", "llama-server")
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 # Keys of the original router that have no meaning here; accepted so an existing file keeps
 # working, and reported once as ignored.
@@ -41,10 +41,6 @@ IGNORED_ORIGINAL_KEYS = frozenset(
         "cache_redis_url", "cache_history_weight", "cache_max_entries",
     }
 )
-
-
-class ConfigError(ValueError):
-    """A configuration problem, already phrased for the operator (file:line: key: what)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,87 +103,6 @@ class Config:
 # Reading values with their position, so every error can say file:line: key
 
 
-class _Reader:
-    """Reads one YAML mapping and phrases errors with the file, line and key."""
-
-    def __init__(self, path: str, node: Any, where: str = ""):
-        self.path = path
-        self.node = node
-        self.where = where
-
-    def line_of(self, key: str | None = None) -> int:
-        lc = getattr(self.node, "lc", None)
-        if lc is None:
-            return 1
-        if key is not None:
-            try:
-                return lc.key(key)[0] + 1
-            except (KeyError, TypeError):
-                pass
-        return lc.line + 1
-
-    def error(self, key: str | None, message: str) -> ConfigError:
-        label = f"{self.where}{key}" if key is not None else self.where.rstrip(".") or "config"
-        return ConfigError(f"{self.path}:{self.line_of(key)}: {label}: {message}")
-
-    def check_keys(self, allowed: frozenset[str], ignored: frozenset[str] = frozenset()) -> list[str]:
-        notes = []
-        for key in self.node:
-            if key in ignored:
-                notes.append(f"{self.path}:{self.line_of(key)}: {self.where}{key}: not supported, ignored")
-            elif key not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(key, f"unknown key (known keys: {known})")
-        return notes
-
-    def number(self, key: str, default, *, kind=float, minimum=None):
-        if key not in self.node or self.node[key] is None:
-            return default
-        value = self.node[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"must be a number, got {value!r}")
-        if kind is int and not float(value).is_integer():
-            raise self.error(key, f"must be a whole number, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value!r}")
-        return kind(value)
-
-    def string(self, key: str, default=None, *, choices=None) -> str | None:
-        if key not in self.node or self.node[key] is None:
-            return default
-        value = self.node[key]
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a string, got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def child(self, key: str, kind: type, kind_name: str):
-        value = self.node.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, kind):
-            raise self.error(key, f"must be a {kind_name}")
-        return value
-
-
-def expand_env(value: str, reader: _Reader, key: str, warnings: list[str]) -> str | None:
-    """Expand `${VAR}` references; an unset variable is reported, and yields no key at all."""
-
-    missing = [name for name in ENV_REF.findall(value) if name not in os.environ]
-    if missing:
-        warnings.append(
-            f"{reader.path}:{reader.line_of(key)}: {reader.where}{key}: environment variable "
-            f"{', '.join(missing)} is not set; no key is sent"
-        )
-        return None
-    return ENV_REF.sub(lambda m: os.environ[m.group(1)], value) or None
-
-
-# ----------------------------------------------------------------------------------------------
-# Endpoints
-
-
 def guess_type(url: str, plain_urls: list[str]) -> str:
     """The original's URL-based guess, used only for plain URL lists: `/v1` means OpenAI-compatible
     unless the same host is also listed without `/v1` or it is on Ollama's default port."""
@@ -199,7 +114,7 @@ def guess_type(url: str, plain_urls: list[str]) -> str:
     return "openai"
 
 
-def _validate_url(reader: _Reader, key: str, url: str) -> str:
+def _validate_url(reader: FieldReader, key: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise reader.error(key, f"must be an http:// or https:// URL, got {url!r}")
@@ -223,7 +138,7 @@ ENDPOINT_KEYS = frozenset({"name", "url", "type", "max_concurrent_connections", 
 class _EndpointBuilder:
     """Turns the `endpoints` and `llama_server_endpoints` lists into EndpointConfig values."""
 
-    def __init__(self, top: _Reader, warnings: list[str]):
+    def __init__(self, top: FieldReader, warnings: list[str]):
         self.top = top
         self.path = top.path
         self.warnings = warnings
@@ -234,7 +149,7 @@ class _EndpointBuilder:
         keys = self.top.child("api_keys", dict, "mapping of endpoint URL to key")
         if not keys:
             return {}
-        reader = _Reader(self.path, keys, "api_keys.")
+        reader = FieldReader(self.path, keys, "api_keys.")
         result = {}
         for url, value in keys.items():
             if not isinstance(value, str):
@@ -254,17 +169,17 @@ class _EndpointBuilder:
                 self.warnings.append(f"{self.path}: api_keys: {url!r} matches no endpoint")
         return tuple(endpoints)
 
-    def _items(self, key: str) -> list[tuple[_Reader, Any, int]]:
+    def _items(self, key: str) -> list[tuple[FieldReader, Any, int]]:
         items = self.top.child(key, list, "list")
         if items is None:
             return []
-        reader = _Reader(self.path, items, f"{key}")
+        reader = FieldReader(self.path, items, f"{key}")
         return [(reader, item, index) for index, item in enumerate(items)]
 
     def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig:
         label = f"{reader.where}[{index}]"
         if isinstance(item, str):
-            position = _ListItem(self.path, reader.node, index, label)
+            position = ListItem(self.path, reader.node, index, label)
             url = _validate_url(position, "", item)
             return EndpointConfig(
                 name=_default_name(url),
@@ -274,10 +189,10 @@ class _EndpointBuilder:
                 api_key=self.api_keys.get(url),
             )
         if not isinstance(item, dict):
-            raise _ListItem(self.path, reader.node, index, label).error("", "must be a URL or a mapping")
-        return self._mapping(_Reader(self.path, item, f"{label}."), forced_type)
+            raise ListItem(self.path, reader.node, index, label).error("", "must be a URL or a mapping")
+        return self._mapping(FieldReader(self.path, item, f"{label}."), forced_type)
 
-    def _mapping(self, r: _Reader, forced_type: str | None) -> EndpointConfig:
+    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig:
         r.check_keys(ENDPOINT_KEYS)
         url = r.string("url")
         if not url:
@@ -297,11 +212,11 @@ class _EndpointBuilder:
             api_key=api_key,
         )
 
-    def _model_slots(self, r: _Reader) -> dict[str, int]:
+    def _model_slots(self, r: FieldReader) -> dict[str, int]:
         node = r.child("model_slots", dict, "mapping of model name to slots")
         if not node:
             return {}
-        inner = _Reader(self.path, node, f"{r.where}model_slots.")
+        inner = FieldReader(self.path, node, f"{r.where}model_slots.")
         return {normalize_model(str(m)): inner.number(m, 1, kind=int, minimum=1) for m in node}
 
     def _check_unique(self, endpoints: list[EndpointConfig]) -> None:
@@ -314,27 +229,6 @@ class _EndpointBuilder:
                 )
             seen[endpoint.name] = endpoint.url
 
-
-class _ListItem(_Reader):
-    """A position inside a YAML list (for errors about one item)."""
-
-    def __init__(self, path, seq, index, label):
-        super().__init__(path, seq, "")
-        self.index = index
-        self.label = label
-
-    def line_of(self, key=None) -> int:
-        try:
-            return self.node.lc.item(self.index)[0] + 1
-        except (AttributeError, KeyError, TypeError, IndexError):
-            return super().line_of()
-
-    def error(self, key, message) -> ConfigError:
-        return ConfigError(f"{self.path}:{self.line_of()}: {self.label}: {message}")
-
-
-# ----------------------------------------------------------------------------------------------
-# The top level
 
 TOP_KEYS = frozenset(
     {
@@ -359,7 +253,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return match["v6"] or match["host"] or "0.0.0.0", int(match["port"])
 
 
-def _router_keys(top: _Reader, warnings: list[str]) -> dict[str, str]:
+def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
     keys: dict[str, str] = {}
     single = top.string("nomyo-router-api-key")
     if single:
@@ -368,7 +262,7 @@ def _router_keys(top: _Reader, warnings: list[str]) -> dict[str, str]:
             keys["default"] = expanded
     named = top.child("router_api_keys", dict, "mapping of caller name to key")
     if named:
-        reader = _Reader(top.path, named, "router_api_keys.")
+        reader = FieldReader(top.path, named, "router_api_keys.")
         for name, value in named.items():
             if not isinstance(value, str) or not value:
                 raise reader.error(str(name), "must be a non-empty string")
@@ -388,7 +282,7 @@ def build_config(data: Any, path: str) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: config: the top level must be a mapping of keys")
-    top = _Reader(path, data)
+    top = FieldReader(path, data)
     warnings = top.check_keys(TOP_KEYS, IGNORED_ORIGINAL_KEYS)
     endpoints = _EndpointBuilder(top, warnings).build()
     listen = top.string("listen", DEFAULT_LISTEN)

@@ -123,10 +123,7 @@ class EarlyStream:
         return orjson.dumps({"error": message}) + b"\n"
 
     async def _end(self, data: bytes) -> web.StreamResponse:
-        with contextlib.suppress(ConnectionResetError):
-            await self.response.write(data)
-            await self.response.write_eof()
-        return self.response
+        return await end_stream(self.response, data)
 
 
 async def open_stream(request: web.Request, status: int, headers: dict[str, str]) -> web.StreamResponse:
@@ -140,4 +137,15 @@ async def open_stream(request: web.Request, status: int, headers: dict[str, str]
             return response
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
+    return response
+
+
+async def end_stream(response: web.StreamResponse, data: bytes = b"") -> web.StreamResponse:
+    """Write the last bytes of a stream and end it; a client already gone is no error here
+    (aiohttp's ClientConnectionResetError is a ConnectionResetError)."""
+
+    with contextlib.suppress(ConnectionResetError):
+        if data:
+            await response.write(data)
+        await response.write_eof()
     return response

@@ -21,7 +21,7 @@ from .access import AccessRecord
 from .dialects.ollama import final_counts, load_seconds
 from .errors import RouterError
 from .fleet import Backend
-from .keepalive import open_stream
+from .keepalive import end_stream, open_stream
 from .upstream import IdleWatch, Timing, describe, is_json, open_upstream
 
 log = logging.getLogger("nomyo.relay")
@@ -163,7 +163,7 @@ async def _relay_stream(request: web.Request, upstream: aiohttp.ClientResponse, 
         if end.ended_in_error:  # the backend's own error line (a runner failure) is already sent
             access.outcome = "backend-failed-mid-stream"
             access.count(end.counts())
-            await _write_quietly(response, b"")
+            await end_stream(response, b"")
             return response
         return await _fail_stream(response, backend, access, end, "the stream ended without its final line")
     access.outcome = "ok"
@@ -181,14 +181,5 @@ async def _fail_stream(response: web.StreamResponse, backend: Backend, access: A
     access.count(end.counts())
     message = f"backend {backend.name} failed mid-stream: {reason}"
     log.warning("%s", message)
-    await _write_quietly(response, orjson.dumps({"error": message}) + b"\n")
+    await end_stream(response, orjson.dumps({"error": message}) + b"\n")
     return response
-
-
-async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
-    try:
-        if data:
-            await response.write(data)
-        await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass

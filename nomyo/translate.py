@@ -25,7 +25,7 @@ from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, es
 from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
 from .errors import RouterError
 from .fleet import Backend
-from .keepalive import open_stream
+from .keepalive import end_stream, open_stream
 from .relay import relay
 from .responses import json_response
 from .upstream import IdleWatch
@@ -176,10 +176,10 @@ class Exchange:
             watch.stop()
         if failure:
             self._cut(translator, "backend-failed-mid-stream")
-            return await _end_with(response, orjson.dumps({"error": failure}) + b"\n")
+            return await end_stream(response, orjson.dumps({"error": failure}) + b"\n")
         final = translator.final(ended=ended or translator.finish is not None)
         self._count(final)
-        return await _end_with(response, orjson.dumps(final) + b"\n")
+        return await end_stream(response, orjson.dumps(final) + b"\n")
 
     async def _forward(self, response: web.StreamResponse, payloads: list[bytes],
                        translator: ToOllama) -> tuple[bool, str | None]:
@@ -233,12 +233,3 @@ class Exchange:
         self.access.outcome = "ok"
         self.access.count(meter.counts())
         return json_response(answer)
-
-
-async def _end_with(response: web.StreamResponse, data: bytes) -> web.StreamResponse:
-    try:
-        await response.write(data)
-        await response.write_eof()
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        pass
-    return response
