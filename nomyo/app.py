@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
-from . import dashboard
+from . import dashboard, openapi
 from .access import access_log_middleware, access_of
 from .auth import auth_middleware
 from .config import Config
@@ -33,6 +34,10 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return render(request.path, exc)
     except web.HTTPException as exc:
         return _http_exception(request, exc)
+    except RequestPayloadError as exc:  # e.g. a gzip body that is not gzip: the client's fault
+        access_of(request).outcome = "rejected"
+        reason = str(exc).strip().splitlines()[-1].strip()
+        return error_response(request.path, 400, f"the request body cannot be read: {reason}")
     except ConnectionResetError:
         raise
     except Exception:
@@ -52,6 +57,8 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.StreamR
         return web.Response(status=404, text="404 page not found", content_type="text/plain")
     if exc.status == 405:
         return web.Response(status=405, text="405 method not allowed", content_type="text/plain")
+    if exc.status >= 400:  # e.g. 403 for the dashboard's directory itself
+        return error_response(request.path, exc.status, (exc.reason or "error").lower())
     return exc
 
 
@@ -69,6 +76,7 @@ def build_app(config: Config, router: Router | None = None) -> web.Application:
     models.add_routes(app)
     monitor.add_routes(app)
     dashboard.add_routes(app)
+    openapi.add_routes(app)
     app.cleanup_ctx.append(_router_lifecycle)
     return app
 

@@ -57,8 +57,18 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
-    """`/static/*` from the dashboard directory (if the files are there)."""
+    """`/static/{name}`: the files of the dashboard directory, by name (nothing else is reachable
+    there, and a missing one is Ollama's `404 page not found` like any unknown path)."""
 
     directory = find_dashboard()
-    if directory is not None:
-        app.router.add_static("/static/", directory, append_version=False)
+    if directory is None:
+        return
+    files = {path.name: path for path in directory.iterdir() if path.is_file()}
+
+    async def static_file(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers=SECURITY_HEADERS)
+
+    app.router.add_get("/static/{name}", static_file)

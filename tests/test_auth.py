@@ -53,7 +53,7 @@ def every_route(app) -> list[tuple[str, str]]:
         if not path:
             continue
         path = (path.replace("{digest}", "sha256:" + "0" * 64).replace("{model:.+}", "llama3")
-                .replace("{model}", "llama3"))
+                .replace("{model}", "llama3").replace("{name}", "dashboard.js"))
         if info.get("prefix"):
             path = path.rstrip("/") + "/dashboard.js"
         found.append((route.method, path))

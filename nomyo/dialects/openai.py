@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from ..errors import bad_request
+from .fields import BOOL, INTEGER, LIST, NUMBER, OBJECT, OPENAI_MESSAGE, STRING, TOOL, check_fields, check_items
 
 SSE = "text/event-stream"
 DONE = b"[DONE]"
@@ -184,12 +185,28 @@ def is_error_object(body: bytes) -> bool:
 # -- request bodies -------------------------------------------------------------------------------
 
 
+SAMPLING = {"stream": BOOL, "stream_options": OBJECT, "max_tokens": INTEGER, "temperature": NUMBER,
+            "top_p": NUMBER, "n": INTEGER, "seed": INTEGER, "stop": (str, list), "presence_penalty": NUMBER,
+            "frequency_penalty": NUMBER, "user": STRING}
+# JSON types of the fields every OpenAI-compatible server types alike (the typed properties of the
+# request schemas in nomyo.openapi); others are the backend's business.
+FIELD_TYPES = {
+    "/chat/completions": {**SAMPLING, "max_completion_tokens": INTEGER, "tools": LIST, "tool_choice": (str, dict),
+                          "response_format": OBJECT, "logprobs": BOOL, "top_logprobs": INTEGER},
+    "/completions": {**SAMPLING, "suffix": STRING, "logprobs": INTEGER, "echo": BOOL},
+    "/embeddings": {"dimensions": INTEGER, "user": STRING},
+    "/rerank": {"query": STRING, "documents": LIST, "top_n": INTEGER},
+}
+
+
 def check_request(path: str, payload: dict) -> None:
     """The few checks that keep a malformed /v1 request off a backend's slot (400s in
     OpenAI's words; the middleware wraps them as error objects)."""
 
-    if "stream" in payload and payload["stream"] is not None and not isinstance(payload["stream"], bool):
-        raise bad_request("invalid type for 'stream': expected a boolean", param="stream")
+    kind = path.removeprefix("/v1")
+    check_fields(payload, FIELD_TYPES.get(kind, {"stream": BOOL}))
+    if kind == "/chat/completions":
+        check_items(payload, {"messages": OPENAI_MESSAGE, "tools": TOOL})
     if path.endswith("/chat/completions"):
         messages = payload.get("messages")
         if not isinstance(messages, list):
@@ -207,6 +224,10 @@ def check_request(path: str, payload: dict) -> None:
         if fmt is not None and fmt not in ("float", "base64"):
             raise bad_request(f"Invalid value for 'encoding_format' = {fmt}. Supported values: "
                               "['float', 'base64'].", param="encoding_format")
+    elif path.endswith("/rerank"):
+        for name in ("query", "documents"):
+            if name not in payload or payload[name] is None:
+                raise bad_request(f"'{name}' is a required property", param=name)
 
 
 def prompt_text(payload: dict) -> str:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .. import dashboard
 from ..access import access_of
+from ..dialects.fields import BOOL, OBJECT, STRING, check_fields
 from ..dialects.from_openai import ollama_show, ollama_tag
 from ..dialects.ollama import parse_body, require_model
 from ..errors import RouterError, model_not_found
@@ -84,13 +85,18 @@ async def ps(request: web.Request) -> web.Response:
     return json_response({"models": [entry for _, entry in ordered]})
 
 
+SHOW_FIELDS = {"verbose": BOOL, "system": STRING, "template": STRING, "options": OBJECT}
+
+
 async def show(request: web.Request) -> web.StreamResponse:
     """Asked of a healthy backend that has the model, where it is loaded if possible."""
 
     router = request.app[ROUTER]
     access = access_of(request)
     raw = await request.read()
-    model = require_model(parse_body(raw))
+    payload = parse_body(raw)
+    model = require_model(payload)
+    check_fields(payload, SHOW_FIELDS)
     access.model = model
     key = normalize_model(model)
     now = time.time()

@@ -22,6 +22,7 @@ import orjson
 from aiohttp import web
 
 from ..access import access_of
+from ..dialects.fields import BOOL, LIST, OBJECT, OLLAMA_MESSAGE, STRING, check_fields, check_items
 from ..dialects.ollama import parse_body, require_model
 from ..errors import RouterError, bad_request
 from ..fanout import Outcome, ProgressStream, Report, Upstream, run_calls, run_progress
@@ -34,6 +35,14 @@ from ..router import USER_AGENT, Router
 from ..tee import broadcast
 
 DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
+# JSON types of the fields Ollama would reject when mistyped (`endpoints` is checked with the targets)
+FIELD_TYPES = {
+    "/api/pull": {"insecure": BOOL, "stream": BOOL},
+    "/api/push": {"insecure": BOOL, "stream": BOOL},
+    "/api/create": {"from": STRING, "files": OBJECT, "adapters": OBJECT, "template": STRING, "license": (str, list),
+                    "system": STRING, "parameters": OBJECT, "messages": LIST, "quantize": STRING, "stream": BOOL},
+}
+ITEM_TYPES = {"/api/create": {"messages": OLLAMA_MESSAGE}}
 
 
 @dataclass(slots=True)
@@ -131,8 +140,8 @@ def forwarded(payload: dict, **changes) -> bytes:
 async def read_model(request: web.Request) -> tuple[Router, dict, str]:
     payload = parse_body(await request.read())
     model = require_model(payload)
-    if payload.get("stream") is not None and not isinstance(payload["stream"], bool):
-        raise bad_request("invalid type for 'stream': expected a boolean", param="stream")
+    check_fields(payload, FIELD_TYPES.get(request.path, {}))
+    check_items(payload, ITEM_TYPES.get(request.path, {}))
     access_of(request).model = model
     return request.app[ROUTER], payload, model
 

@@ -9,40 +9,44 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..dialects.fields import (
+    BOOL,
+    DURATION,
+    INTEGER,
+    LIST,
+    OBJECT,
+    OLLAMA_MESSAGE,
+    STRING,
+    TOOL,
+    check_fields,
+    check_items,
+)
 from ..dialects.ollama import is_load_or_unload
 from ..errors import bad_request
 from ..keepalive import EARLY, EarlyStream
 from ..translate import ollama_sender
 from .common import read_model_request
 
-# JSON types per field, for the fields Ollama itself would reject when mistyped.
-STRING, BOOL, LIST, OBJECT, NUMBER = str, bool, list, dict, (int, float)
-DURATION = (str, int, float)
+# JSON types per field, for the fields Ollama itself would reject when mistyped (the typed
+# properties of the request schemas in nomyo.openapi).
+COMMON = {"stream": BOOL, "options": OBJECT, "format": (str, dict), "keep_alive": DURATION, "think": (bool, str),
+          "truncate": BOOL, "shift": BOOL, "logprobs": BOOL, "top_logprobs": INTEGER}
 FIELD_TYPES = {
-    "/api/chat": {"messages": LIST, "stream": BOOL, "tools": LIST, "options": OBJECT,
-                  "format": (str, dict), "keep_alive": DURATION, "think": (bool, str)},
+    "/api/chat": {"messages": LIST, "tools": LIST, **COMMON},
     "/api/generate": {"prompt": STRING, "suffix": STRING, "system": STRING, "template": STRING,
-                      "images": LIST, "context": LIST, "raw": BOOL, "stream": BOOL,
-                      "options": OBJECT, "format": (str, dict), "keep_alive": DURATION,
-                      "think": (bool, str)},
-    "/api/embed": {"input": (str, list), "truncate": BOOL, "dimensions": int, "options": OBJECT,
+                      "images": LIST, "context": LIST, "raw": BOOL, **COMMON},
+    "/api/embed": {"input": (str, list), "truncate": BOOL, "dimensions": INTEGER, "options": OBJECT,
                    "keep_alive": DURATION},
     "/api/embeddings": {"prompt": STRING, "options": OBJECT, "keep_alive": DURATION},
 }
+ITEM_TYPES = {"/api/chat": {"messages": OLLAMA_MESSAGE, "tools": TOOL},
+              "/api/generate": {"images": STRING, "context": INTEGER}}
 STREAMING = ("/api/chat", "/api/generate")
-JSON_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object",
-              int: "an integer", float: "a number"}
 
 
 def check_types(path: str, payload: dict) -> None:
-    for field, expected in FIELD_TYPES.get(path, {}).items():
-        value = payload.get(field)
-        if value is None:
-            continue
-        kinds = expected if isinstance(expected, tuple) else (expected,)
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            wanted = " or ".join(JSON_NAMES[k] for k in kinds)
-            raise bad_request(f"invalid type for '{field}': expected {wanted}", param=field)
+    check_fields(payload, FIELD_TYPES.get(path, {}))
+    check_items(payload, ITEM_TYPES.get(path, {}))
     inputs = payload.get("input")
     if path == "/api/embed" and isinstance(inputs, list) and not all(isinstance(i, str) for i in inputs):
         raise bad_request("invalid input type", param="input")

@@ -65,7 +65,8 @@ class FakeOllamaV1(FakeOllama):
                           "finish_reason": "stop"}
                 return web.json_response(head | {"choices": [choice], "usage": usage})
             head["object"] = "chat.completion.chunk"
-            deltas = [{"role": "assistant", "content": tokens[0]}] + [{"content": t} for t in tokens[1:]]
+            first = tokens[0] if tokens else ""  # max_tokens 0: the role chunk alone
+            deltas = [{"role": "assistant", "content": first}] + [{"content": t} for t in tokens[1:]]
             events = [head | {"choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
             events.append(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
             if (body.get("stream_options") or {}).get("include_usage"):
