@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from yarl import URL
+
 from .config import EndpointConfig
 
 # `native` value for requests only OpenAI-compatible backends can serve (e.g. /v1/rerank).
@@ -73,12 +75,22 @@ class Backend:
     """A configured endpoint and its latest status. The config never changes; a reload that
     changes an endpoint creates a new Backend, so in-flight requests finish on the old one."""
 
-    __slots__ = ("config", "status", "name")
+    __slots__ = ("_urls", "config", "name", "status")
 
     def __init__(self, config: EndpointConfig, status: BackendStatus | None = None):
         self.config = config
         self.name = config.name
         self.status = status or BackendStatus()
+        self._urls: dict[str, URL] = {}
+
+    def url_for(self, path: str) -> URL:
+        """The parsed URL of `path` on this backend, parsed once: the client would otherwise
+        parse the same string again for every request."""
+
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.config.url + path)
+        return url
 
     def __repr__(self) -> str:
         return f"<Backend {self.name} {self.config.url} healthy={self.status.healthy}>"

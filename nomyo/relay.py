@@ -18,11 +18,11 @@ import orjson
 from aiohttp import web
 
 from .access import AccessRecord
-from .dialects.ollama import final_counts, load_seconds
+from .dialects.ollama import answer_counts, answer_load_seconds, final_counts, load_seconds
 from .errors import RouterError
 from .fleet import Backend
 from .keepalive import end_stream, open_stream
-from .upstream import IdleWatch, Timing, describe, is_json, open_upstream
+from .upstream import IdleWatch, Timing, describe, open_upstream
 
 log = logging.getLogger("nomyo.relay")
 
@@ -80,15 +80,20 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
         data = await upstream.read()
     except aiohttp.ClientError as exc:
         raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
-    if upstream.status < 400:
-        if upstream.headers.get("Content-Type", "").startswith("application/json") and not is_json(data):
+    if upstream.status >= 400:
+        access.outcome = "backend-error"
+    elif upstream.headers.get("Content-Type", "").startswith("application/json"):
+        try:  # one parse checks the answer and reads its counts
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
             access.outcome = "backend-failed"
-            raise RouterError(502, f"backend {backend.name} sent an answer that is not JSON")
-        access.count(final_counts(data))
-        access.load_seconds = load_seconds(data)
+            raise RouterError(502, f"backend {backend.name} sent an answer that is not JSON") from None
+        access.count(answer_counts(answer))
+        access.load_seconds = answer_load_seconds(answer)
         access.outcome = "ok"
     else:
-        access.outcome = "backend-error"
+        access.count(final_counts(data))
+        access.outcome = "ok"
     return web.Response(status=upstream.status, body=data, headers=response_headers(upstream))
 
 

@@ -61,6 +61,7 @@ def make_session(config: Config) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # backends set no cookies; skips a jar lookup per request
         skip_auto_headers=("User-Agent",),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout),
     )

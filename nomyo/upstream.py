@@ -67,7 +67,7 @@ async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method
     Raises BackendUnreachable or BackendBusy (retryable: nothing was sent to the client), or
     aiohttp.ClientError for anything else."""
 
-    url = backend.config.url + path
+    url = backend.url_for(path)
     try:
         async with asyncio.timeout(timing.first_byte):
             upstream = await session.request(method, url, data=body, headers=headers,

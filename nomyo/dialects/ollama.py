@@ -96,3 +96,20 @@ def load_seconds(tail: bytes) -> float | None:
     end = tail.rstrip(b"\n")
     found = LOAD_DURATION.search(end, max(end.rfind(b"\n") + 1, len(end) - COUNTS_WINDOW))
     return int(found.group(1)) / 1e9 if found else None
+
+
+def answer_counts(answer: Any) -> tuple[int, int] | None:
+    """(prompt tokens, generated tokens) of a whole answer already parsed."""
+
+    if not isinstance(answer, dict) or ("prompt_eval_count" not in answer and "eval_count" not in answer):
+        return None
+    return _whole_number(answer.get("prompt_eval_count")), _whole_number(answer.get("eval_count"))
+
+
+def answer_load_seconds(answer: Any) -> float | None:
+    value = answer.get("load_duration") if isinstance(answer, dict) else None
+    return _whole_number(value) / 1e9 if value is not None else None
+
+
+def _whole_number(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
