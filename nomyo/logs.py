@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -37,19 +39,36 @@ def under_journal() -> bool:
     return (info.st_dev, info.st_ino) == (device, inode)
 
 
+class ClientMistakes(logging.Filter):
+    """aiohttp logs a request it cannot parse (not HTTP, a line too long, a body it cannot
+    decode) with a traceback at ERROR: that is the client's mistake, answered 400, and a client
+    must not be able to fill the journal with tracebacks. Kept at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and (error.code or 400) < 500:
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.DEBUG, "DEBUG", None, None
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
 def setup_logging(level: str = "info") -> None:
-    """Send the `nomyo` loggers to stderr in the journal's or a terminal's format."""
+    """Send the `nomyo` and `aiohttp` loggers to stderr in the journal's or a terminal's format."""
 
     handler = logging.StreamHandler(sys.stderr)
     if under_journal():
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("nomyo")
-    root.handlers[:] = [handler]
-    root.propagate = False
+    for name in ("nomyo", "aiohttp"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("aiohttp.access").disabled = True  # our own access line replaces it
+    logging.getLogger("aiohttp.server").addFilter(ClientMistakes())
     set_level(level)
 
 
 def set_level(level: str) -> None:
     logging.getLogger("nomyo").setLevel(LEVELS.get(level, logging.INFO))
+    logging.getLogger("aiohttp").setLevel(max(LEVELS.get(level, logging.INFO), logging.WARNING))
