@@ -84,7 +84,9 @@ async def open_upstream(request: web.Request, session: aiohttp.ClientSession, ba
 
     headers = upstream_headers(request, backend, SSE if stream else JSON)
     try:
-        return await open_backend(session, backend, "POST", path, body, headers, timing)
+        # a whole chat/completion answer starts only when it is complete: no first-byte limit then
+        early = stream or path.endswith(("/embeddings", "/rerank"))
+        return await open_backend(session, backend, "POST", path, body, headers, timing, early=early)
     except aiohttp.ClientError as exc:
         raise RouterError(502, f"backend {backend.name} failed: {describe(exc)}") from None
 

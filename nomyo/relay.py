@@ -51,14 +51,15 @@ def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
 
 
 async def relay(request: web.Request, session: aiohttp.ClientSession, backend: Backend, path: str,
-                body: bytes, access: AccessRecord, *, timing: Timing, method: str = "POST") -> web.StreamResponse:
+                body: bytes, access: AccessRecord, *, timing: Timing, method: str = "POST",
+                early: bool = True) -> web.StreamResponse:
     """Send `body` to `path` on `backend` and answer the client with what comes back.
 
     Raises BackendUnreachable / BackendBusy when nothing was sent (another backend may do)."""
 
     try:
         upstream = await open_upstream(session, backend, method, path, body,
-                                       upstream_headers(request, backend), timing)
+                                       upstream_headers(request, backend), timing, early=early)
     except aiohttp.ClientError as exc:
         raise RouterError(502, f"backend {backend.name} failed: {describe(exc)}") from None
     try:

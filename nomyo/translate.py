@@ -40,7 +40,8 @@ def ollama_sender(request: web.Request, router, access: AccessRecord, path: str,
 
     async def send(backend: Backend) -> web.StreamResponse:
         if backend.config.is_ollama:
-            return await relay(request, router.session, backend, path, raw, access,
+            early = path in ("/api/embed", "/api/embeddings") or payload.get("stream") is not False
+            return await relay(request, router.session, backend, path, raw, access, early=early,
                                timing=router.timing)
         exchange = Exchange(request, router, backend, access, payload, spelled)
         return await exchange.run(path, model_id(backend, key, spelled))

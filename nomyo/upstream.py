@@ -61,15 +61,17 @@ RETRYABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnec
 
 
 async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method: str, path: str, body: bytes,
-                        headers: dict[str, str], timing: Timing) -> aiohttp.ClientResponse:
-    """Send the request and wait for the answer's headers (up to `timing.first_byte`).
+                        headers: dict[str, str], timing: Timing, *, early: bool = True) -> aiohttp.ClientResponse:
+    """Send the request and wait for the answer's headers: up to `timing.first_byte` when the
+    answer starts early (a stream, embeddings); with no limit for a non-streamed generation,
+    whose headers come only once the whole text is written (that can rightly take many minutes).
 
     Raises BackendUnreachable or BackendBusy (retryable: nothing was sent to the client), or
     aiohttp.ClientError for anything else."""
 
     url = backend.url_for(path)
     try:
-        async with asyncio.timeout(timing.first_byte):
+        async with asyncio.timeout(timing.first_byte if early else None):
             upstream = await session.request(method, url, data=body, headers=headers,
                                              timeout=timing.client_timeout)
     except TimeoutError:

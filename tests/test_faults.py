@@ -237,7 +237,7 @@ async def test_mid_answer_reset_of_a_whole_answer_fails_over(pair, http):
 # -- hang before headers and mid-stream -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("dialect", DIALECTS, ids=str)
+@pytest.mark.parametrize("dialect", STREAMING, ids=str)
 async def test_hang_before_headers_fails_over(pair, http, dialect):
     """1. a takes the request and says nothing (no status line): first_byte_timeout is 0.5 s.
     2. After 0.5 s the router gives up on a, closes that connection (a sees the request go
@@ -251,6 +251,18 @@ async def test_hang_before_headers_fails_over(pair, http, dialect):
     await a.wait_until(lambda: a.disconnects == 1 and a.active == 0)
     assert a.served == 0 and inference_requests(b) == 1
     assert await counted(http, router) == {"b": (*answer.counts, 1)}
+
+
+async def test_a_long_whole_answer_is_not_cut_by_the_first_byte_allowance(pair, http):
+    """A non-streamed generation's headers come only when the whole text is written, which can
+    rightly take longer than first_byte_timeout (0.3 s here, the answer takes ~0.6 s).
+    Result: the whole answer from a, no failover, nothing counted against a."""
+
+    a, b, router = await pair(first_byte_timeout=0.3)
+    a.token_delay = 0.2
+    answer = await ask(http, router.url, NATIVE_WHOLE)
+    served_by(answer, "a")
+    assert inference_requests(b) == 0 and router.backend("a").status.healthy
 
 
 @pytest.mark.parametrize("dialect", STREAMING, ids=str)
