@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/nomyo/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test lint bench bench-fleet clean
+.PHONY: setup run demo test lint bench bench-fleet clean browser
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ run: setup
 demo: setup
 	$(PY) -m tests.fakes.demo
 
-test: setup $(if $(filter 1,$(NOMYO_SKIP_LLAMA)),,$(LLAMA_STAMP))
+# The dashboard's browser test needs Debian's chromium (no browser download of its own): installed
+# here when missing and we may (root); NOMYO_SKIP_BROWSER_TESTS=1 skips that test instead.
+browser:
+	@command -v chromium >/dev/null || [ "$(NOMYO_SKIP_BROWSER_TESTS)" = 1 ] || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+		echo "chromium is missing: install Debian's chromium, or set NOMYO_SKIP_BROWSER_TESTS=1"
+
+test: setup browser $(if $(filter 1,$(NOMYO_SKIP_LLAMA)),,$(LLAMA_STAMP))
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
