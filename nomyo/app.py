@@ -15,7 +15,7 @@ from . import dashboard, openapi
 from .access import access_log_middleware, access_of
 from .auth import auth_middleware
 from .config import Config
-from .cors import allow_origin, cors_middleware
+from .cors import allow_origin
 from .errors import RouterError, error_response, is_openai_path, render
 from .handlers import fleet, models, monitor, ollama, openai
 from .keys import ROUTER
@@ -67,7 +67,7 @@ def build_app(config: Config, router: Router | None = None) -> web.Application:
     """The application for `config`. The router starts and stops with the app."""
 
     app = web.Application(
-        middlewares=[access_log_middleware, cors_middleware, auth_middleware, error_middleware],
+        middlewares=[access_log_middleware, auth_middleware, error_middleware],
         client_max_size=config.max_body_size,
     )
     app.on_response_prepare.append(allow_origin)

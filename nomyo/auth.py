@@ -13,6 +13,7 @@ import hmac
 from aiohttp import web
 
 from .access import access_of
+from .cors import is_preflight, preflight
 from .errors import RouterError, render
 from .keys import ROUTER
 
@@ -47,8 +48,10 @@ def is_open(request: web.Request) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    if is_preflight(request):
+        return preflight(request)
     keys = request.app[ROUTER].config.router_api_keys
-    if not keys or request.method == "OPTIONS" or is_open(request):
+    if not keys or is_open(request):
         return await handler(request)
     presented = presented_key(request)
     access = access_of(request)

@@ -1,9 +1,9 @@
 """CORS, as Ollama (and the original router) answer it: browsers may call the router from any
 page, so web front ends that talk to Ollama directly keep working when pointed at the router.
 
-Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered here, before routing
-and before the router key is checked (browsers never send credentials on a preflight); every
-answer to a request that carries an `Origin` gets `Access-Control-Allow-Origin`.
+Preflights (`OPTIONS` with `Access-Control-Request-Method`) are answered by the auth middleware
+before the router key is checked (browsers never send credentials on a preflight); every answer
+to a request that carries an `Origin` gets `Access-Control-Allow-Origin`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,20 @@ ALLOWED_HEADERS = ("Authorization, Content-Type, User-Agent, Accept, X-Requested
 ALLOWED_METHODS = "GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler) -> web.StreamResponse:
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        return web.Response(status=204, headers={
+def is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def preflight(request: web.Request) -> web.Response:
+    """The answer to a browser's preflight (no key needed: browsers never send one with it)."""
+
+    return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": request.headers.get("Origin", "*"),
             "Access-Control-Allow-Methods": ALLOWED_METHODS,
             "Access-Control-Allow-Headers": ALLOWED_HEADERS,
             "Access-Control-Max-Age": "86400",
             "Vary": "Origin",
         })
-    return await handler(request)
 
 
 async def allow_origin(request: web.Request, response: web.StreamResponse) -> None:

@@ -71,9 +71,12 @@ async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method
 
     url = backend.url_for(path)
     try:
-        async with asyncio.timeout(timing.first_byte if early else None):
-            upstream = await session.request(method, url, data=body, headers=headers,
-                                             timeout=timing.client_timeout)
+        if early:
+            async with asyncio.timeout(timing.first_byte):
+                upstream = await session.request(method, url, data=body, headers=headers,
+                                                 timeout=timing.client_timeout)
+        else:
+            upstream = await session.request(method, url, data=body, headers=headers, timeout=timing.client_timeout)
     except TimeoutError:
         raise BackendUnreachable(backend.name, f"no answer within {timing.first_byte:g}s") from None
     except RETRYABLE as exc:

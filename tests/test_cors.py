@@ -20,8 +20,10 @@ async def test_preflight_is_answered_before_the_key_and_answers_carry_the_origin
     async with http.get(router.url + "/api/tags", headers={"Origin": "http://ui.example",
                                                             "Authorization": "Bearer k"}) as resp:
         assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] == "http://ui.example"
-    async with http.options(router.url + "/api/chat") as resp:  # not a preflight: no such method
-        assert resp.status == 405
+    async with http.options(router.url + "/api/chat") as resp:  # not a preflight: the key is needed
+        assert resp.status == 401
+    async with http.options(router.url + "/api/chat", headers={"Authorization": "Bearer k"}) as resp:
+        assert resp.status == 405  # ...and then there is no such method
 
 
 async def test_garbage_requests_leave_no_traceback_in_the_log(fakes, tmp_path):
