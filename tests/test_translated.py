@@ -171,3 +171,16 @@ async def test_translation_is_only_a_tie_break(backends, start_router):
     ollama_fake.set_loaded([])
     await router.router.poller.refresh_all()
     assert (await client.chat(model="llama3", messages=CHAT)).message.content == "Hello from vllm"
+
+
+async def test_version_with_only_openai_compatible_backends(backends, start_router, http):
+    """Ollama clients check /api/version first: a fleet of vLLM servers only still answers it,
+    with the Ollama API version the router's translation speaks."""
+    vllm = await backends(FakeOpenAI("vllm", models=["llama3"]))
+    router = await start_router([endpoint(vllm)])
+    async with http.get(router.url + "/api/version") as resp:
+        assert resp.status == 200 and (await resp.json())["version"] == "0.12.3"
+    await vllm.stop()
+    await router.router.poller.refresh_all()
+    async with http.get(router.url + "/api/version") as resp:
+        assert resp.status == 503 and (await resp.json()) == {"error": "no backend is reachable"}

@@ -32,18 +32,27 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
 
+# The Ollama API version whose wire formats the router's translation follows (reference v0.12+).
+SPOKEN_OLLAMA_API = "0.12.3"
+
+
 def _version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 async def version(request: web.Request) -> web.Response:
-    """The lowest version among healthy Ollama backends: what every backend can do."""
+    """The lowest version among healthy Ollama backends: what every backend can do. A fleet of
+    OpenAI-compatible servers only is served through the router's own translation, which speaks
+    the API of SPOKEN_OLLAMA_API, so that is the version clients are told."""
 
     router = request.app[ROUTER]
-    versions = [b.status.version for b in router.fleet.healthy() if b.config.is_ollama and b.status.version]
-    if not versions:
-        raise RouterError(503, "no Ollama backend is reachable", headers={"Retry-After": "5"})
-    return json_response({"version": min(versions, key=_version_key)})
+    healthy = router.fleet.healthy()
+    versions = [b.status.version for b in healthy if b.config.is_ollama and b.status.version]
+    if versions:
+        return json_response({"version": min(versions, key=_version_key)})
+    if healthy:
+        return json_response({"version": SPOKEN_OLLAMA_API})
+    raise RouterError(503, "no backend is reachable", headers={"Retry-After": "5"})
 
 
 def _ollama_backends(request: web.Request) -> list[Backend]:
