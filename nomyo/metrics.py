@@ -55,6 +55,8 @@ class Metrics:
         self.ttft = Histogram("nomyo_time_to_first_token_seconds",
                               "Time from request to the first byte of a streamed answer",
                               ("backend", "model"), buckets=TTFT_BUCKETS, registry=self.registry)
+        self.callers = Counter("nomyo_caller_requests", "Requests per named router key (router_api_keys)",
+                               ("caller",), registry=self.registry)
         self.registry.register(FleetCollector(router))
         # `labels()` validates and locks on every call; the children of a label set never change,
         # so they are looked up once (this runs for every request).
@@ -73,6 +75,8 @@ class Metrics:
                                               self.ttft.labels(backend, model))
         children[0].inc()
         children[1].observe(seconds)
+        if record.caller is not None:  # the names of configured keys only: few, never client input
+            self.callers.labels(record.caller).inc()
         if record.first_byte_at is not None and record.started_at is not None and backend:
             children[2].observe(max(0.0, record.first_byte_at - record.started_at))
 

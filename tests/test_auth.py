@@ -41,6 +41,8 @@ async def test_header_and_query_keys_work_and_never_travel_or_show(guarded, http
     assert all("Authorization" not in r.headers for r in generated)
     assert KEY not in caplog.text
     assert "caller=ci" in caplog.text
+    async with http.get(router.url + "/metrics", params={"api_key": KEY}) as resp:
+        assert 'nomyo_caller_requests_total{caller="ci"} 2.0' in await resp.text()
 
 
 def every_route(app) -> list[tuple[str, str]]:
