@@ -28,9 +28,9 @@ log = logging.getLogger("nomyo.relay")
 
 # Request headers a backend may use; everything else (the router's own Authorization, cookies,
 # Host, hop-by-hop headers) stays here. Host is set by aiohttp from the backend's URL, which is
-# what Ollama's DNS-rebinding guard wants.
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "Accept-Encoding", "User-Agent",
-                             "OpenAI-Beta", "X-Request-Id")
+# what Ollama's DNS-rebinding guard wants. Answers are asked for uncompressed (a backend behind a
+# gzipping proxy would otherwise hide the final counts and the done line from the relay).
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent", "OpenAI-Beta", "X-Request-Id")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Retry-After")
 STREAMING_TYPES = ("application/x-ndjson",)
 DONE = b'"done":true'  # 11 bytes
@@ -40,6 +40,7 @@ TAIL = 1024  # bytes of a stream's end kept for its counts (they sit in the last
 
 def upstream_headers(request: web.Request, backend: Backend) -> dict[str, str]:
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    headers["Accept-Encoding"] = "identity"
     key = backend.config.api_key
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -83,7 +84,8 @@ async def _relay_whole(upstream: aiohttp.ClientResponse, backend: Backend, acces
         raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
     if upstream.status >= 400:
         access.outcome = "backend-error"
-    elif upstream.headers.get("Content-Type", "").startswith("application/json"):
+    elif (upstream.headers.get("Content-Type", "").startswith("application/json")
+          and upstream.headers.get("Content-Encoding", "identity") == "identity"):
         try:  # one parse checks the answer and reads its counts
             answer = orjson.loads(data)
         except orjson.JSONDecodeError:

@@ -140,3 +140,14 @@ async def test_backend_errors_pass_through_with_status_and_body(fleet):
     with pytest.raises(ollama.ResponseError) as info:
         await ollama.AsyncClient(host=router.url).chat(model="llama3", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 429 and info.value.error == "rate limit exceeded"
+
+
+async def test_backends_are_asked_for_uncompressed_answers(fleet, http):
+    """Clients (httpx, browsers) ask for gzip; the router asks backends for identity, so a backend
+    behind a compressing proxy cannot hide the done line and the counts from the relay."""
+    router, a, _ = fleet
+    body = orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False})
+    async with http.post(router.url + "/api/generate", data=body, headers={"Accept-Encoding": "gzip"}) as resp:
+        assert resp.status == 200
+    sent = [r.headers.get("Accept-Encoding") for r in a.requests if r.path == "/api/generate"]
+    assert sent == ["identity"]
