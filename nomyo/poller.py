@@ -184,7 +184,8 @@ class Poller:
 
     async def _get_json(self, backend: Backend, path: str):
         url = backend.config.url + path
-        headers = {"User-Agent": self.user_agent, **auth_headers(backend)}
+        # identity: the shared session does not decompress (it relays bytes as they come)
+        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **auth_headers(backend)}
         async with self.session.get(url, headers=headers) as resp:
             body = await resp.read()
             if resp.status != 200:
