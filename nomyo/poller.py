@@ -20,6 +20,7 @@ import orjson
 from .breaker import Breaker
 from .fleet import Backend, BackendStatus, Fleet
 from .names import normalize_model
+from .upstream import describe
 
 log = logging.getLogger("nomyo.poller")
 NEVER = float("inf")
@@ -246,14 +247,13 @@ def _model_name(entry: dict) -> str:
 
 
 def describe_failure(exc: BaseException, timeout: float) -> str:
-    """A one-line reason an operator can act on, without internals."""
+    """A one-line reason an operator can act on, without internals: what a poll adds to how
+    any upstream call is described (its own timeout, a bad status, an answer that is not JSON)."""
 
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g}s"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ClientResponseError):
         return exc.message
     if isinstance(exc, ValueError):
         return f"invalid answer: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+    return describe(exc)

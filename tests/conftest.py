@@ -85,21 +85,15 @@ def _usage_db_in_tmp(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-async def fakes():
-    """`await fakes(name=..., models=[...], ...)` starts a FakeOllama; all are stopped at the end."""
-
-    started: list[FakeOllama] = []
+async def fakes(backends):
+    """`await fakes(name=..., models=[...], ...)` starts a FakeOllama (which, like Ollama on
+    loopback, answers 403 to a foreign Host header); all are stopped at the end."""
 
     async def start(name: str = "fake", **kwargs) -> FakeOllama:
         kwargs.setdefault("strict_host", True)
-        fake = FakeOllama(name=name, **kwargs)
-        await fake.start()
-        started.append(fake)
-        return fake
+        return await backends(FakeOllama(name=name, **kwargs))
 
-    yield start
-    for fake in started:
-        await fake.stop()
+    return start
 
 
 def router_config(backends, **settings) -> Config:
