@@ -58,15 +58,16 @@ async def inference(request: web.Request) -> web.StreamResponse:
     incoming = await read_model_request(request)
     path, payload = request.path, incoming.payload
     check_types(path, payload)
+    loading = is_load_or_unload(path, payload)
     interval = incoming.router.config.keepalive_interval
-    if interval and path in STREAMING and payload.get("stream") is not False and not is_load_or_unload(path, payload):
+    if interval and path in STREAMING and payload.get("stream") is not False and not loading:
         request[EARLY] = EarlyStream(request, interval, sse=False, model=incoming.model, chat=path == "/api/chat")
     # Any backend with the model may serve it: an OpenAI-compatible one gets it translated.
     send = ollama_sender(request, incoming.router, incoming.access, path, payload, incoming.raw,
                          incoming.key, incoming.model)
     return await incoming.router.forward(request, incoming.access, incoming.key, path, incoming.raw,
                                          native=False, send=send, display=incoming.model,
-                                         changes_loaded=is_load_or_unload(path, payload))
+                                         changes_loaded=loading)
 
 
 def add_routes(app: web.Application) -> None:
