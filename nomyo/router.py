@@ -185,7 +185,10 @@ class Router:
             return await early.finish_with(response)
         return response
 
-    async def _forward(self, request, access, model, path, body, native, changes_loaded, send, display):
+    async def _forward(self, request: web.Request, access: AccessRecord, model: str, path: str, body: bytes,
+                       native: bool | str, changes_loaded: bool, send, display: str | None) -> web.StreamResponse:
+        """The attempts of `forward`: failover before the first byte, at most MAX_ATTEMPTS."""
+
         tried: frozenset[str] = frozenset()
         last_failure: RouterError | None = None
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -207,8 +210,8 @@ class Router:
             await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, request, access, lease: Lease, model: str, path: str, body: bytes, send,
-                       changes_loaded: bool) -> web.StreamResponse:
+    async def _attempt(self, request: web.Request, access: AccessRecord, lease: Lease, model: str, path: str,
+                       body: bytes, send, changes_loaded: bool) -> web.StreamResponse:
         backend = lease.backend
         access.backend = backend.name
         access.model_key = model
