@@ -1,8 +1,10 @@
-"""One access line per request, and the record handlers fill in for it.
+"""One access line per request, and the outcome record it is written from.
 
-The line is written when the request ends however it ends (answered, failed, or cut off by the
-client), so the journal always shows what happened to each request. It never contains the query
-string or any header: that is where keys travel.
+Every request gets an `Outcome` (call.py) when it arrives; a routed request's pipeline fills it
+in, other handlers say how they ended. The line is written when the request ends however it
+ends (answered, failed, or cut off by the client), so the journal always shows what happened to
+each request; internal calls write the same line with their purpose as `caller`. It never
+contains the query string or any header: that is where keys travel.
 """
 
 from __future__ import annotations
@@ -13,39 +15,16 @@ import time
 
 from aiohttp import web
 
+from .call import Outcome
 from .keys import ROUTER
+from .metrics import route_of
 
 log = logging.getLogger("nomyo.access")
+ACCESS = web.RequestKey("access", Outcome)
+QUEUED_SHOWN = 0.001  # a wait for a slot shorter than this is no queueing worth a word
 
 
-class AccessRecord:
-    """What the handler learned about one request: model, backend, tokens, how it ended."""
-
-    __slots__ = ("backend", "caller", "completion_tokens", "first_byte_at", "load_seconds", "model", "model_key",
-                 "outcome", "prompt_tokens", "started_at", "status")
-
-    def __init__(self) -> None:
-        self.model: str | None = None  # as the client spelled it (for the log line)
-        self.model_key: str | None = None  # normalised (for counting per backend and model)
-        self.backend: str | None = None
-        self.status: int | None = None
-        self.outcome: str | None = None
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.caller: str | None = None
-        self.started_at: float | None = None  # time.perf_counter() at arrival
-        self.first_byte_at: float | None = None  # when the relay wrote the first chunk of a stream
-        self.load_seconds: float | None = None  # the backend's load_duration, when it reported one
-
-    def count(self, counts: tuple[int, int] | None) -> None:
-        if counts is not None:
-            self.prompt_tokens, self.completion_tokens = counts
-
-
-ACCESS = web.RequestKey("access", AccessRecord)
-
-
-def access_of(request: web.Request) -> AccessRecord:
+def access_of(request: web.Request) -> Outcome:
     return request[ACCESS]
 
 
@@ -53,46 +32,52 @@ def access_of(request: web.Request) -> AccessRecord:
 async def access_log_middleware(request: web.Request, handler) -> web.StreamResponse:
     """Outermost middleware: times the request and logs its line in `finally`."""
 
-    record = AccessRecord()
-    request[ACCESS] = record
-    started = record.started_at = time.perf_counter()
+    outcome = request[ACCESS] = Outcome()
     router = request.app[ROUTER]
     router.active_requests += 1
     try:
         response = await handler(request)
-        record.status = response.status
+        outcome.status = response.status
         return response
     except asyncio.CancelledError:
-        record.outcome = record.outcome or "client-disconnected"
+        outcome.kind = outcome.kind or "client-disconnected"
         raise
     finally:
         router.active_requests -= 1
-        seconds = time.perf_counter() - started
-        account(router, request, record, seconds)
-        if log.isEnabledFor(logging.INFO):
-            log.info("%s", format_line(request, record, seconds))
+        seconds = time.perf_counter() - outcome.started_at
+        account(router, route_of(request), outcome, seconds)
+        write_line(request.method, request.path, outcome, seconds)
 
 
-def account(router, request: web.Request, record: AccessRecord, seconds: float) -> None:
+def account(router, route: str, outcome: Outcome, seconds: float) -> None:
     """Tokens of a routed request that a backend answered (also a stream cut short: what was
     generated counts), and every request in the metrics."""
 
-    if record.backend is not None and record.model_key is not None and (record.status or 0) < 400:
-        router.usage.record(record.backend, record.model_key, record.prompt_tokens, record.completion_tokens)
-    router.metrics.observe(request, record, seconds)
+    if outcome.backend is not None and outcome.model_key is not None and (outcome.status or 0) < 400:
+        router.usage.record(outcome.backend, outcome.model_key, outcome.prompt_tokens, outcome.completion_tokens)
+    router.metrics.observe(route, outcome, seconds)
 
 
-def format_line(request: web.Request, record: AccessRecord, seconds: float) -> str:
-    parts = [request.method, request.path]
-    if record.model is not None:
-        parts.append(f"model={record.model}")
-    if record.backend is not None:
-        parts.append(f"backend={record.backend}")
-    parts.append(f"status={record.status if record.status is not None else '-'}")
+def write_line(method: str, path: str, outcome: Outcome, seconds: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        log.info("%s", format_line(method, path, outcome, seconds))
+
+
+def format_line(method: str, path: str, outcome: Outcome, seconds: float) -> str:
+    parts = [method, path]
+    if outcome.model is not None:
+        parts.append(f"model={outcome.model}")
+    if outcome.backend is not None:
+        parts.append(f"backend={outcome.backend}")
+    parts.append(f"status={outcome.status if outcome.status is not None else '-'}")
     parts.append(f"duration={seconds * 1000:.1f}ms")
-    if record.prompt_tokens or record.completion_tokens:
-        parts.append(f"tokens={record.prompt_tokens}/{record.completion_tokens}")
-    parts.append(f"outcome={record.outcome or ('ok' if (record.status or 500) < 400 else 'error')}")
-    if record.caller is not None:
-        parts.append(f"caller={record.caller}")
+    if outcome.queue_wait is not None and outcome.queue_wait >= QUEUED_SHOWN:
+        parts.append(f"queued={outcome.queue_wait * 1000:.0f}ms")
+    if outcome.ttfb is not None:
+        parts.append(f"ttfb={outcome.ttfb * 1000:.1f}ms")
+    if outcome.prompt_tokens or outcome.completion_tokens:
+        parts.append(f"tokens={outcome.prompt_tokens}/{outcome.completion_tokens}")
+    parts.append(f"outcome={outcome.kind or ('ok' if (outcome.status or 500) < 400 else 'error')}")
+    if outcome.caller is not None:
+        parts.append(f"caller={outcome.caller}")
     return " ".join(parts)

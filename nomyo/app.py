@@ -31,19 +31,19 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RouterError as exc:
-        access_of(request).outcome = access_of(request).outcome or "rejected"
+        access_of(request).refused(exc)
         return render(request.path, exc)
     except web.HTTPException as exc:
         return _http_exception(request, exc)
     except RequestPayloadError as exc:  # e.g. a gzip body that is not gzip: the client's fault
-        access_of(request).outcome = "rejected"
+        access_of(request).kind = "rejected"
         reason = str(exc).strip().splitlines()[-1].strip()
         return error_response(request.path, 400, f"the request body cannot be read: {reason}")
     except ConnectionResetError:
         raise
     except Exception:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        access_of(request).outcome = "internal-error"
+        access_of(request).kind = "internal-error"
         return error_response(request.path, 500, "internal error in the router; see its log")
 
 

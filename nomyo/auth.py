@@ -56,12 +56,12 @@ async def auth_middleware(request: web.Request, handler) -> web.StreamResponse:
     presented = presented_key(request)
     access = access_of(request)
     if presented is None:
-        access.outcome = "unauthenticated"
+        access.kind = "unauthenticated"
         return render(request.path, RouterError(401, "missing API key: send Authorization: Bearer <key>",
                                                 headers={"WWW-Authenticate": "Bearer"}, code="missing_api_key"))
     caller = match_key(keys, presented)
     if caller is None:
-        access.outcome = "forbidden"
+        access.kind = "forbidden"
         return render(request.path, RouterError(403, "invalid API key", code="invalid_api_key"))
     access.caller = caller
     return await handler(request)

@@ -29,6 +29,14 @@ class Breaker:
         self.successes = 0
         self.opened_until = 0.0
 
+    def configure(self, threshold: int, cooldown: float) -> None:
+        """Adopt reloaded settings; the state (and a cool-down already doubled) stays."""
+
+        if cooldown != self.base_cooldown:
+            self.base_cooldown = cooldown
+            self.cooldown = cooldown if self.state == CLOSED else max(self.cooldown, cooldown)
+        self.threshold = threshold
+
     def failure(self, now: float | None = None) -> bool:
         """Count a failed request. True when this failure opened the circuit."""
 

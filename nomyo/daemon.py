@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -127,14 +128,12 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready(f"reload failed, running the previous configuration: {exc}")
             return False
-        if (config.listen_host, config.listen_port) != (self.config.listen_host, self.config.listen_port):
-            log.warning("listen address changed to %s: that takes a restart; still on %s",
-                        config.listen, self.config.listen)
-        await self.app[ROUTER].reload(config)
+        changed = await self.app[ROUTER].reload(config)
         set_level(config.log_level)
         for warning in config.warnings:
             log.warning("%s", warning)
-        self.config = config
-        log.info("configuration reloaded from %s: %d backends", self.config_path, len(config.endpoints))
+        self.config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port)
+        summary = "; ".join(changed) if changed else "nothing changed"
+        log.info("configuration reloaded from %s: %s", self.config_path, summary)
         self.notifier.ready(self._status())
         return True

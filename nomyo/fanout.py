@@ -6,7 +6,7 @@ Progress streams (pull, push, create) are merged into one stream in Ollama's sha
 bytes of each layer summed across backends, so an `ollama pull` through the router shows one
 progress bar for the whole fleet.
 
-Nothing here keeps state between requests: a `Fanout` lives for one request.
+Nothing here keeps state between requests: a `Report` and its streams live for one request.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiohttp import web
 
 from .dialects.ollama import NDJSON
 from .fleet import Backend
-from .poller import auth_headers, describe_failure
+from .upstream import describe, request_headers
 
 log = logging.getLogger("nomyo.fanout")
 
@@ -121,13 +121,10 @@ class Upstream:
     """How the router talks to backends for these calls: the shared session and its manners."""
 
     session: aiohttp.ClientSession
-    user_agent: str
     connect_timeout: float
 
     def headers(self, backend: Backend, content_type: str = "application/json") -> dict[str, str]:
-        # identity: the session does not decompress, and these answers are parsed here
-        return {"Content-Type": content_type, "Accept-Encoding": "identity",
-                "User-Agent": self.user_agent, **auth_headers(backend)}
+        return request_headers(backend, content_type=content_type)
 
     def timeout(self, read: float | None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.connect_timeout, sock_read=read)
@@ -170,16 +167,6 @@ class Upstream:
                 return Outcome.failed(502, "the answer ended before the operation finished")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             return Outcome.failed(502, describe(exc, None))
-
-
-def describe(exc: BaseException, read_timeout: float | None) -> str:
-    """Why a backend could not be reached or stopped answering, in an operator's words."""
-
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect timed out"
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {read_timeout or 0:g}s"
-    return describe_failure(exc, read_timeout or 0)
 
 
 async def error_of(resp: aiohttp.ClientResponse) -> str:

@@ -1,7 +1,8 @@
 """What the router knows about its backends: immutable status snapshots, one per backend.
 
-The poller is the only writer: it builds a new `BackendStatus` and swaps it in with one
-assignment, so a routing decision always reads a consistent snapshot without taking a lock and
+Each status is replaced whole, never edited: the poller swaps in what a poll saw, the breaker
+marks a backend down, and the router notes a model that just answered as loaded, each with one
+`set_status`, so a routing decision always reads a consistent snapshot without taking a lock and
 without any I/O. The fleet also keeps an index model -> backends, rebuilt on every status change,
 so that a decision looks only at the backends that have the model.
 """
@@ -16,19 +17,8 @@ from typing import Any
 
 from yarl import URL
 
+from .call import Reach
 from .config import EndpointConfig
-
-# `native` value for requests only OpenAI-compatible backends can serve (e.g. /v1/rerank).
-OPENAI_ONLY = "openai"
-
-
-def serves(backend: Backend, native: bool | str) -> bool:
-    """Whether `backend` may take a request: `native` True = Ollama backends only,
-    OPENAI_ONLY = OpenAI-compatible ones only, False = any."""
-
-    if native == OPENAI_ONLY:
-        return not backend.config.is_ollama
-    return backend.config.is_ollama or not native
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +109,7 @@ class Fleet:
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
         self._index: dict[str, tuple[Backend, ...]] = {}
         self._options: dict[str, tuple[RouteOption, ...]] = {}
-        self._native_options: dict[str, tuple[RouteOption, ...]] = {}
+        self._ollama_options: dict[str, tuple[RouteOption, ...]] = {}
         self._listeners: list[Callable[[], None]] = []
         self.reindex()
 
@@ -141,7 +131,7 @@ class Fleet:
     def reindex(self) -> None:
         """Rebuild the whole index (a new fleet)."""
 
-        self._index, self._options, self._native_options = {}, {}, {}
+        self._index, self._options, self._ollama_options = {}, {}, {}
         self._reindex_models({m for b in self.backends.values() for m in b.status.models})
 
     def _reindex_models(self, models: set[str]) -> None:
@@ -154,25 +144,26 @@ class Fleet:
         for model in models:
             found = tuple(b for b in backends if model in b.status.models)
             if not found:
-                for table in (self._index, self._options, self._native_options):
+                for table in (self._index, self._options, self._ollama_options):
                     table.pop(model, None)
                 continue
             routable = tuple(RouteOption(b, model) for b in found if b.status.healthy)
             self._index[model] = found
             self._options[model] = routable
-            self._native_options[model] = tuple(o for o in routable if o.ollama)
+            self._ollama_options[model] = tuple(o for o in routable if o.ollama)
 
     def with_model(self, model: str) -> tuple[Backend, ...]:
         """Backends that advertise `model` (healthy or not)."""
 
         return self._index.get(model, ())
 
-    def options(self, model: str, native: bool | str = False) -> tuple[RouteOption, ...]:
-        """Healthy backends that advertise `model`, as routing options (see `serves`)."""
+    def options(self, model: str, reach: Reach = Reach.ANY) -> tuple[RouteOption, ...]:
+        """Healthy backends that advertise `model` and are of a kind `reach` admits, as routing
+        options."""
 
-        if native == OPENAI_ONLY:
+        if reach is Reach.OPENAI:
             return tuple(o for o in self._options.get(model, ()) if not o.ollama)
-        return (self._native_options if native else self._options).get(model, ())
+        return (self._ollama_options if reach is Reach.OLLAMA else self._options).get(model, ())
 
     def note_loaded(self, backend: Backend, model: str, until: float) -> None:
         """A request just ran `model` on `backend`: it is loaded there now, whatever the last poll

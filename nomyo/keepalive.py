@@ -26,7 +26,6 @@ from .dialects.ollama import NDJSON
 from .errors import RouterError, openai_error_body
 from .upstream import error_text
 
-EARLY = web.RequestKey("early_stream", "EarlyStream")
 SSE = "text/event-stream"
 
 
@@ -105,14 +104,13 @@ class EarlyStream:
         await self.stop()
         return await self._end(self._error_line(error.status, error.message))
 
-    async def finish_with(self, answer: web.StreamResponse) -> web.StreamResponse:
+    async def finish_with(self, status: int, body: bytes) -> web.StreamResponse:
         """Headers are out but the backend answered in one piece (an error, or a whole answer):
         pass it on inside the stream."""
 
         await self.stop()
-        body = answer.body if isinstance(answer, web.Response) and isinstance(answer.body, bytes) else b""
-        if answer.status >= 400:
-            return await self._end(self._error_line(answer.status, error_text(body) or answer.reason))
+        if status >= 400:
+            return await self._end(self._error_line(status, error_text(body) or f"status {status}"))
         if self.sse:
             return await self._end(b"data: " + body + b"\n\ndata: [DONE]\n\n")
         return await self._end(body.rstrip(b"\n") + b"\n")
@@ -124,20 +122,6 @@ class EarlyStream:
 
     async def _end(self, data: bytes) -> web.StreamResponse:
         return await end_stream(self.response, data)
-
-
-async def open_stream(request: web.Request, status: int, headers: dict[str, str]) -> web.StreamResponse:
-    """The response a relay streams into: the early one if its headers already went out (the
-    keep-alive lines stop), else a new one with the backend's status and headers."""
-
-    early = request.get(EARLY)
-    if early is not None:
-        response = await early.claim()
-        if response is not None:
-            return response
-    response = web.StreamResponse(status=status, headers=headers)
-    await response.prepare(request)
-    return response
 
 
 async def end_stream(response: web.StreamResponse, data: bytes = b"") -> web.StreamResponse:

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .access import AccessRecord
+from .call import Outcome
 from .names import normalize_model
 from .poller import parse_expiry
 
@@ -37,10 +37,10 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def status_of(record: AccessRecord) -> str:
-    if record.status is not None:
-        return str(record.status)
-    return "499" if record.outcome == "client-disconnected" else "500"
+def status_of(outcome: Outcome) -> str:
+    if outcome.status is not None:
+        return str(outcome.status)
+    return "499" if outcome.kind == "client-disconnected" else "500"
 
 
 class Metrics:
@@ -55,30 +55,32 @@ class Metrics:
         self.ttft = Histogram("nomyo_time_to_first_token_seconds",
                               "Time from request to the first byte of a streamed answer",
                               ("backend", "model"), buckets=TTFT_BUCKETS, registry=self.registry)
-        self.callers = Counter("nomyo_caller_requests", "Requests per named router key (router_api_keys)",
+        self.callers = Counter("nomyo_caller_requests",
+                               "Requests per caller: a named router key (router_api_keys), or the purpose of "
+                               "the router's own calls (moe, cache-embed)",
                                ("caller",), registry=self.registry)
         self.registry.register(FleetCollector(router))
         # `labels()` validates and locks on every call; the children of a label set never change,
         # so they are looked up once (this runs for every request).
         self._children: dict[tuple[str, ...], tuple] = {}
 
-    def observe(self, request: web.Request, record: AccessRecord, seconds: float) -> None:
-        """One finished request (called by the access middleware, whatever the outcome)."""
+    def observe(self, route: str, outcome: Outcome, seconds: float) -> None:
+        """One finished request or internal call, whatever its outcome."""
 
         # Only a routed request names a model: a client's unknown model never becomes a label.
-        backend = record.backend or ""
-        model = (record.model_key or "") if backend else ""
-        key = (route_of(request), backend, model, status_of(record))
+        backend = outcome.backend or ""
+        model = (outcome.model_key or "") if backend else ""
+        key = (route, backend, model, status_of(outcome))
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (self.requests.labels(*key), self.duration.labels(*key[:3]),
                                               self.ttft.labels(backend, model))
         children[0].inc()
         children[1].observe(seconds)
-        if record.caller is not None:  # the names of configured keys only: few, never client input
-            self.callers.labels(record.caller).inc()
-        if record.first_byte_at is not None and record.started_at is not None and backend:
-            children[2].observe(max(0.0, record.first_byte_at - record.started_at))
+        if outcome.caller is not None:  # configured key names and internal purposes: few, never client input
+            self.callers.labels(outcome.caller).inc()
+        if outcome.ttfb is not None and backend:
+            children[2].observe(outcome.ttfb)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -102,7 +104,7 @@ class FleetCollector:
 
     @staticmethod
     def _slots(router: Router):
-        usage = router.table.usage()
+        usage = router.ledger.usage()
         inflight = GaugeMetricFamily("nomyo_inflight_requests", "Requests holding a slot, per backend and model",
                                      labels=("backend", "model"))
         for backend, models in usage["usage_counts"].items():

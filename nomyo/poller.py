@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
@@ -20,7 +22,10 @@ import orjson
 from .breaker import Breaker
 from .fleet import Backend, BackendStatus, Fleet
 from .names import normalize_model
-from .upstream import describe
+from .upstream import describe, request_headers
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
 
 log = logging.getLogger("nomyo.poller")
 NEVER = float("inf")
@@ -37,29 +42,28 @@ def parse_expiry(value) -> float:
         return NEVER
 
 
-def auth_headers(backend: Backend) -> dict[str, str]:
-    key = backend.config.api_key
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 class Poller:
-    """Owns the polling tasks of the current fleet; `set_fleet` swaps them on reload."""
+    """Owns the polling tasks of the current runtime's fleet and the backends' breakers. Every
+    setting (interval, timeout, breaker) is read from the current runtime when it is used, so a
+    reload changes them for the next poll; `adopt` starts and stops tasks for a new fleet."""
 
-    def __init__(self, session: aiohttp.ClientSession, fleet: Fleet, *, interval: float, timeout: float,
-                 user_agent: str = "nomyo-router", breaker_threshold: int = 3, breaker_cooldown: float = 10.0):
+    def __init__(self, session: aiohttp.ClientSession, current: Callable[[], Runtime]):
         self.session = session
-        self.breaker_threshold = breaker_threshold
-        self.breaker_cooldown = breaker_cooldown
+        self.current = current
         self._breakers: dict[str, Breaker] = {}  # by backend name: survives reloads
-        self.user_agent = user_agent
-        self.fleet = fleet
-        self.interval = interval
-        self.timeout = timeout
         self._tasks: dict[Backend, asyncio.Task] = {}
         self._locks: dict[Backend, asyncio.Lock] = {}
         self._soon: set[asyncio.Task] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.current().fleet
+
+    @property
+    def timeout(self) -> float:
+        return self.current().config.poll_timeout
 
     def start(self) -> None:
         for backend in self.fleet.backends.values():
@@ -77,15 +81,15 @@ class Poller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def set_fleet(self, fleet: Fleet, *, interval: float, timeout: float) -> None:
-        """Poll the new fleet: tasks of backends that stay (same object) keep running."""
+    def adopt(self) -> None:
+        """The runtime was swapped: poll its fleet. Tasks of backends that stay (same object)
+        keep running; those of backends that left stop."""
 
-        self.interval, self.timeout = interval, timeout
+        fleet = self.fleet
         stale = [b for b in self._tasks if fleet.backends.get(b.name) is not b]
         for backend in stale:
             self._tasks.pop(backend).cancel()
             self._locks.pop(backend, None)
-        self.fleet = fleet
         for backend in fleet.backends.values():
             self._start(backend)
 
@@ -97,7 +101,7 @@ class Poller:
                 raise
             except Exception:  # the loop must outlive any single bad answer
                 log.exception("poller for %s failed; retrying", backend.name)
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.current().config.poll_interval)
 
     # -- polling -------------------------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class Poller:
                 async with asyncio.timeout(self.timeout):
                     status = await self._probe(backend)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                status = old.down(describe_failure(exc, self.timeout))
+                status = old.down(describe(exc, self.timeout))
             if status.healthy:
                 breaker.probe_succeeded()
             status = replace(status, checked_at=started, breaker=breaker.state,
@@ -148,9 +152,12 @@ class Poller:
         task.add_done_callback(self._soon.discard)
 
     def breaker(self, backend: Backend) -> Breaker:
+        config = self.current().config
         found = self._breakers.get(backend.name)
         if found is None:
-            found = self._breakers[backend.name] = Breaker(self.breaker_threshold, self.breaker_cooldown)
+            found = self._breakers[backend.name] = Breaker(config.breaker_threshold, config.breaker_cooldown)
+        else:
+            found.configure(config.breaker_threshold, config.breaker_cooldown)
         return found
 
     def report_failure(self, backend: Backend, reason: str) -> None:
@@ -185,9 +192,7 @@ class Poller:
 
     async def _get_json(self, backend: Backend, path: str):
         url = backend.config.url + path
-        # identity: the shared session does not decompress (it relays bytes as they come)
-        headers = {"User-Agent": self.user_agent, "Accept-Encoding": "identity", **auth_headers(backend)}
-        async with self.session.get(url, headers=headers) as resp:
+        async with self.session.get(url, headers=request_headers(backend)) as resp:
             body = await resp.read()
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
@@ -244,16 +249,3 @@ class Poller:
 def _model_name(entry: dict) -> str:
     name = entry.get("model") or entry.get("name") or ""
     return name if isinstance(name, str) else ""
-
-
-def describe_failure(exc: BaseException, timeout: float) -> str:
-    """A one-line reason an operator can act on, without internals: what a poll adds to how
-    any upstream call is described (its own timeout, a bad status, an answer that is not JSON)."""
-
-    if isinstance(exc, TimeoutError):
-        return f"no answer within {timeout:g}s"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return exc.message
-    if isinstance(exc, ValueError):
-        return f"invalid answer: {exc}"
-    return describe(exc)

@@ -68,10 +68,8 @@ class Subscriber:
 class UsageStream:
     """The subscribers, the dirty flag and the broadcaster task."""
 
-    def __init__(self, router: Router, *, interval: float, heartbeat: float):
+    def __init__(self, router: Router):
         self.router = router
-        self.interval = interval
-        self.heartbeat = heartbeat
         self.subscribers: set[Subscriber] = set()
         self.closed = False
         self.sent = 0  # snapshots built for the subscribers (each gets it only if new to it)
@@ -112,7 +110,7 @@ class UsageStream:
                     self.sent += 1
                     for subscriber in self.subscribers:
                         subscriber.offer(state, data)
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.router.config.usage_stream_interval)
 
     def subscribe(self) -> Subscriber:
         subscriber = Subscriber()
@@ -143,7 +141,7 @@ async def usage_stream(request: web.Request) -> web.StreamResponse:
     stream = request.app[ROUTER].stream
     subscriber = stream.subscribe()
     try:
-        async with sse_response(request, ping_interval=stream.heartbeat) as response:
+        async with sse_response(request, ping_interval=stream.router.config.usage_stream_heartbeat) as response:
             subscriber.state, data = stream.payload()
             await response.send(data)
             while (data := await subscriber.next()) is not None:

@@ -1,4 +1,9 @@
-"""Opening a request to a backend, with timeouts that fit LLMs, and the failures worth a retry.
+"""The one way the router talks to a backend: its session, headers, URLs, clocks and failures.
+
+Every upstream call — relayed, translated, fanned out, or a poll — builds its headers here (the
+backend's own key, never the client's; answers asked for uncompressed, since the shared session
+relays bytes as they come and a gzipping proxy would hide the final counts), finds its URL here,
+and describes its failures here, so a fix to any of them is made once.
 
 Three clocks, none of them a total timeout (a stream may rightly run for an hour):
 - connect: short; a backend that does not accept the connection is tried no longer.
@@ -12,12 +17,21 @@ a 503 "busy" — is raised as a retryable error, so the router can try the next 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 
+from . import __version__
 from .fleet import Backend
+
+USER_AGENT = f"nomyo-router/{__version__}"
+# Request headers of the client's that a backend may use; everything else (the router's own
+# Authorization, cookies, Host, hop-by-hop headers) stays here. Host is set from the backend's
+# URL, which is what Ollama's DNS-rebinding guard wants.
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent", "OpenAI-Beta", "X-Request-Id")
+FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Retry-After")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +68,52 @@ class BackendBusy(Exception):
         self.retry_after = retry_after
 
 
+def make_session(connect_timeout: float) -> aiohttp.ClientSession:
+    """One pooled client for every upstream call. No per-request clients, no total timeout
+    (LLM streams run for minutes); bytes are relayed as they come, never decompressed."""
+
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # backends set no cookies; skips a jar lookup per request
+        skip_auto_headers=("User-Agent",),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+    )
+
+
+def request_headers(backend: Backend, forwarded: Mapping[str, str] | None = None, *,
+                    content_type: str | None = None, accept: str | None = None) -> dict[str, str]:
+    """Headers for one upstream call: the client's allowed headers (if any), the content type
+    and accept the router chose, our user agent unless the client sent one, answers uncompressed,
+    and the backend's own key."""
+
+    headers = {name: forwarded[name] for name in FORWARDED_REQUEST_HEADERS if name in forwarded} if forwarded else {}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    if accept is not None:
+        headers["Accept"] = accept
+    headers.setdefault("User-Agent", USER_AGENT)
+    headers["Accept-Encoding"] = "identity"
+    key = backend.config.api_key
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    """The backend's answer headers a client may see."""
+
+    return {name: upstream.headers[name] for name in FORWARDED_RESPONSE_HEADERS if name in upstream.headers}
+
+
+def openai_path(backend: Backend, path: str) -> str:
+    """`/chat/completions` etc. under the backend's OpenAI API: an Ollama server serves it under
+    `/v1` of its root; an OpenAI-compatible endpoint is configured by its `/v1` base already."""
+
+    return "/v1" + path if backend.config.is_ollama else path
+
+
 # ClientResponseError here comes from the response parser (nothing calls raise_for_status): the
 # backend answered something that is not HTTP, which another backend may well do better.
 RETRYABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionResetError,
@@ -77,8 +137,9 @@ async def open_upstream(session: aiohttp.ClientSession, backend: Backend, method
                                                  timeout=timing.client_timeout)
         else:
             upstream = await session.request(method, url, data=body, headers=headers, timeout=timing.client_timeout)
-    except TimeoutError:
-        raise BackendUnreachable(backend.name, f"no answer within {timing.first_byte:g}s") from None
+    except TimeoutError as exc:
+        reason = describe(exc, timing.first_byte)
+        raise BackendUnreachable(backend.name, reason) from None
     except RETRYABLE as exc:
         raise BackendUnreachable(backend.name, describe(exc)) from None
     if upstream.status == 503:
@@ -120,6 +181,27 @@ def error_text(data: bytes) -> str:
     return str(error) if error else data[:500].decode(errors="replace").strip()
 
 
+def describe(exc: BaseException, timeout: float | None = None) -> str:
+    """Why a backend could not be reached or stopped answering, in an operator's words, without
+    internals. `timeout`: the limit that applied, when the failure is a timeout of a whole call."""
+
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (isinstance(exc, TimeoutError) and not timeout):
+        return "connect timed out"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the backend closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer broke off before its end (the backend or the network cut it)"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.message or f"the backend did not answer in HTTP (status {exc.status})"
+    if isinstance(exc, ValueError):
+        return f"invalid answer: {exc}"
+    return str(exc) or type(exc).__name__
+
+
 class IdleWatch:
     """Closes an upstream answer that has been silent for `idle` seconds.
 
@@ -157,15 +239,3 @@ class IdleWatch:
 
     def reason(self, exc: BaseException) -> str:
         return f"no data for {self.idle:g}s" if self.fired else describe(exc)
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line reason for a failed upstream call, without internals."""
-
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, TimeoutError):
-        return "connect timed out"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the backend closed the connection"
-    return str(exc) or type(exc).__name__

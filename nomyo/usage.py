@@ -105,9 +105,11 @@ def _add(target: dict, key, counts) -> None:
 class UsageStore:
     """Totals per (backend, model) and per-minute buckets; the one writer of the usage database."""
 
-    def __init__(self, path: str, flush_interval: float = 1.0, clock: Callable[[], float] = time.time):
+    def __init__(self, path: str, flush_interval: Callable[[], float] | float = 1.0,
+                 clock: Callable[[], float] = time.time):
         self.path = path
-        self.flush_interval = flush_interval
+        # a number, or where to read the current one (the runtime's, which a reload may change)
+        self._flush_interval = flush_interval if callable(flush_interval) else (lambda: flush_interval)
         self.clock = clock
         self._totals: dict[tuple[str, str], Counts] = {}
         self._pending: dict[BucketKey, Counts] = {}
@@ -183,7 +185,7 @@ class UsageStore:
 
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.flush_interval)
+                await asyncio.wait_for(self._stop.wait(), self._flush_interval())
             if not self._stop.is_set():
                 await self._flush_logged()
 

@@ -31,7 +31,7 @@ def usage_view(router: Router) -> dict[str, Any]:
     """The original's /api/usage: requests in flight and total tokens per backend and model,
     with the wait queue added."""
 
-    live = router.table.usage()
+    live = router.ledger.usage()
     tokens: dict[str, dict[str, int]] = {}
     for (backend, model), (tokens_in, tokens_out, _requests) in router.usage.totals().items():
         tokens.setdefault(backend, {})[model] = tokens_in + tokens_out
@@ -61,7 +61,7 @@ def loaded_models(router: Router, backend_name: str) -> list[dict[str, Any]]:
 def backend_views(router: Router) -> list[dict[str, Any]]:
     """Each backend: health, version or error, models, what is loaded, slots and load now."""
 
-    usage = router.table.usage()["usage_counts"]
+    usage = router.ledger.usage()["usage_counts"]
     views = []
     for backend in router.fleet.backends.values():
         status = backend.status

@@ -38,8 +38,8 @@ class RunningRouter:
     config: Config
 
     @property
-    def table(self):
-        return self.router.table
+    def ledger(self):
+        return self.router.ledger
 
     def backend(self, name: str):
         return self.router.fleet.backends[name]
@@ -49,10 +49,10 @@ class RunningRouter:
 
         router = self.router
         found = []
-        if self.table.total_inflight():
-            found.append(f"reserved slots {self.table.usage()['usage_counts']}")
-        if self.table.queued:
-            found.append(f"{self.table.queued} request(s) queued")
+        if self.ledger.total_inflight():
+            found.append(f"reserved slots {self.ledger.usage()['usage_counts']}")
+        if self.ledger.queued:
+            found.append(f"{self.ledger.queued} request(s) queued")
         if router.active_requests:
             found.append(f"{router.active_requests} request(s) still being handled (tokens not accounted)")
         # aiohttp keeps the connections a response still uses in `_acquired` (a poll holds one

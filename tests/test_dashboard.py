@@ -53,7 +53,7 @@ async def test_dashboard_shows_backends_models_and_live_usage(fakes, start_route
     body = orjson.dumps({"model": "llama3", "messages": [{"role": "user", "content": "hi"}]})
     streams = [asyncio.create_task(http.post(router.url + "/api/chat", data=body)) for _ in range(2)]
     await a.wait_until(lambda: a.active == 1)
-    await eventually(lambda: router.table.queued == 1, what="the second stream queued")
+    await eventually(lambda: router.ledger.queued == 1, what="the second stream queued")
 
     async with Browser(CHROMIUM) as page:
         await page.goto(router.url + "/")

@@ -33,7 +33,7 @@ def test_embed_answer_has_only_prompt_tokens():
 
 
 def test_stream_end_sees_markers_split_across_chunks_once():
-    from nomyo.relay import StreamEnd
+    from nomyo.framing import StreamEnd
 
     lines = [orjson.dumps({"model": "m", "response": w, "done": False}) + b"\n" for w in "abcde"]
     stream = b"".join(lines) + orjson.dumps(FINAL) + b"\n"

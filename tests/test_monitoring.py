@@ -59,7 +59,7 @@ async def test_metrics_show_slots_queue_and_loaded_models(fakes, start_router, h
     first = asyncio.create_task(http.post(router.url + "/api/chat", data=orjson.dumps(STREAM)))
     await a.wait_until(lambda: a.active == 1)
     second = asyncio.create_task(http.post(router.url + "/api/chat", data=orjson.dumps(STREAM)))
-    await eventually(lambda: router.table.queued == 1, what="one request queued")
+    await eventually(lambda: router.ledger.queued == 1, what="one request queued")
 
     async with http.get(router.url + "/metrics") as resp:
         found = samples(await resp.text())

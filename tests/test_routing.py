@@ -57,9 +57,9 @@ async def test_slot_limit_holds_per_pair_and_excess_waits_then_is_served(fakes, 
     a.gate = b.gate = gate
     router = await start_router([a, b], slots=2)
     streams = [asyncio.create_task(chat_stream(http, router)) for _ in range(7)]
-    await eventually(lambda: a.active + b.active == 4 and router.table.queued == 3)
-    assert router.table.inflight("a", "llama3:latest") == 2
-    assert router.table.inflight("b", "llama3:latest") == 2
+    await eventually(lambda: a.active + b.active == 4 and router.ledger.queued == 3)
+    assert router.ledger.inflight("a", "llama3:latest") == 2
+    assert router.ledger.inflight("b", "llama3:latest") == 2
     gate.set()
     results = await asyncio.gather(*streams)
     assert all(lines[-1]["done"] for lines in results)
@@ -74,7 +74,7 @@ async def test_queue_full_and_queue_timeout_answer_server_busy(fakes, start_rout
     holder = asyncio.create_task(chat_stream(http, router))
     await a.wait_until(lambda: a.active == 1)
     waiter = asyncio.create_task(http.post(router.url + "/api/chat", data=orjson.dumps(CHAT)))
-    await eventually(lambda: router.table.queued == 1)
+    await eventually(lambda: router.ledger.queued == 1)
     async with http.post(router.url + "/api/chat", data=orjson.dumps(CHAT)) as resp:  # queue is full
         assert resp.status == 503 and resp.headers["Retry-After"]
         assert await resp.json() == {"error": SERVER_BUSY}
@@ -122,7 +122,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot_and_closes_upstream(f
     router = await start_router([a], slots=1)
     resp = await http.post(router.url + "/api/chat", data=orjson.dumps(CHAT))
     assert orjson.loads(await resp.content.readline())["done"] is False
-    assert router.table.inflight("a", "llama3:latest") == 1
+    assert router.ledger.inflight("a", "llama3:latest") == 1
     resp.close()  # the client goes away mid-stream
     await a.wait_until(lambda: a.disconnects == 1)
     await router.settled()
@@ -137,9 +137,9 @@ async def test_client_that_leaves_the_queue_frees_its_place(fakes, start_router,
     holder = asyncio.create_task(chat_stream(http, router))
     await a.wait_until(lambda: a.active == 1)
     waiting = asyncio.create_task(http.post(router.url + "/api/chat", data=orjson.dumps(CHAT)))
-    await eventually(lambda: router.table.queued == 1)
+    await eventually(lambda: router.ledger.queued == 1)
     waiting.cancel()
-    await eventually(lambda: router.table.queued == 0, what="queue emptied")
+    await eventually(lambda: router.ledger.queued == 0, what="queue emptied")
     a.gate.set()
     await holder
     assert chats(a) == 1
@@ -152,7 +152,7 @@ async def test_model_and_model_latest_share_slots(fakes, start_router, http):
     first = asyncio.create_task(chat_stream(http, router, {**CHAT, "model": "llama3"}))
     await a.wait_until(lambda: a.active == 1)
     second = asyncio.create_task(chat_stream(http, router, {**CHAT, "model": "Llama3:latest"}))
-    await eventually(lambda: router.table.queued == 1)
+    await eventually(lambda: router.ledger.queued == 1)
     a.gate.set()
     await asyncio.gather(first, second)
     assert a.max_active == 1

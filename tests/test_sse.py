@@ -77,7 +77,7 @@ async def test_updates_are_coalesced_and_end_exact(fakes, start_router, http):
         nonlocal changes
         changes += 1
 
-    router.table.on_change(count)
+    router.ledger.on_change(count)
     body = {"model": "llama3", "messages": [{"role": "user", "content": "one two"}], "stream": False,
             "options": {"num_predict": 2}}
     async with http.get(router.url + "/api/usage-stream") as resp:

@@ -10,7 +10,7 @@ from nomyo.config import EndpointConfig
 from nomyo.errors import SERVER_BUSY, RouterError
 from nomyo.fleet import Backend, BackendStatus, Fleet
 from nomyo.policy import make_policy
-from nomyo.table import ConnectionTable
+from tests.ledger_harness import ConnectionTable
 
 INF = float("inf")
 
@@ -57,7 +57,7 @@ async def test_loaded_then_advertised_least_loaded_when_loaded_is_full():
     assert second.backend.name in (expected, "idle")
     assert second.backend.name != "warm"
     for lease in (other, first, second):
-        lease.release()
+        await lease.release()
     assert_idle(table)
 
 
@@ -68,7 +68,7 @@ async def test_fewest_in_flight_among_loaded():
     leases = [await table.acquire("llama3:latest") for _ in range(4)]
     assert sorted(lease.backend.name for lease in leases) == ["a", "a", "b", "b"]
     for lease in leases:
-        lease.release()
+        await lease.release()
     assert_idle(table)
 
 
@@ -87,10 +87,10 @@ async def test_slot_limit_is_per_endpoint_model_pair_and_excess_waits_in_order()
     await asyncio.sleep(0.01)
     assert table.queued == 3 and order == []
     assert table.inflight("only", "llama3:latest") == 1
-    held.release()
+    await held.release()
     await asyncio.gather(*waiters)
     assert order == [0, 1, 2]
-    other_model.release()
+    await other_model.release()
     assert_idle(table)
 
 
@@ -101,7 +101,7 @@ async def test_per_model_slot_override():
     with pytest.raises(TimeoutError):  # the fourth waits: 3 is the limit for this model
         await asyncio.wait_for(table.acquire("llama3:latest"), 0.05)
     for lease in leases:
-        lease.release()
+        await lease.release()
     assert_idle(table)
 
 
@@ -114,8 +114,8 @@ async def test_full_queue_answers_server_busy_at_once():
         await table.acquire("llama3:latest")
     assert (info.value.status, info.value.message) == (503, SERVER_BUSY)
     assert info.value.headers["Retry-After"]
-    held.release()
-    (await waiting).release()
+    await held.release()
+    await (await waiting).release()
     assert_idle(table)
 
 
@@ -125,7 +125,7 @@ async def test_queue_timeout_answers_503_with_retry_after():
     with pytest.raises(RouterError) as info:
         await table.acquire("llama3:latest")
     assert info.value.status == 503 and "Retry-After" in info.value.headers
-    held.release()
+    await held.release()
     assert_idle(table)
 
 
@@ -135,7 +135,7 @@ async def test_cancelled_waiter_leaves_no_slot_behind():
     held = await table.acquire("llama3:latest")
     waiter = asyncio.create_task(table.acquire("llama3:latest"))
     await asyncio.sleep(0.01)
-    held.release()          # hands the slot to the waiter...
+    await held.release()    # hands the slot to the waiter...
     waiter.cancel()         # ...which is cancelled before it runs again
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -160,7 +160,7 @@ async def test_down_backend_gets_nothing():
     leases = [await table.acquire("llama3:latest") for _ in range(5)]
     assert {lease.backend.name for lease in leases} == {"up"}
     for lease in leases:
-        lease.release()
+        await lease.release()
 
 
 async def test_waiters_fail_when_every_holder_goes_down():
@@ -174,7 +174,7 @@ async def test_waiters_fail_when_every_holder_goes_down():
     with pytest.raises(RouterError) as info:
         await waiter
     assert info.value.status == 503
-    held.release()
+    await held.release()
     assert_idle(table)
 
 
@@ -188,8 +188,8 @@ async def test_waiter_served_when_a_new_backend_appears():
     fleet.set_status(b, BackendStatus(healthy=True, models=frozenset({"llama3:latest"}), error=None))
     lease = await asyncio.wait_for(waiter, 1)
     assert lease.backend.name == "b"
-    lease.release()
-    held.release()
+    await lease.release()
+    await held.release()
     assert_idle(table)
 
 
@@ -203,8 +203,8 @@ async def test_reload_keeps_counts_of_backends_that_stay():
     assert second.backend is a2
     with pytest.raises(TimeoutError):  # 2 slots in use, old + new: the third waits
         await asyncio.wait_for(table.acquire("llama3:latest"), 0.05)
-    held.release()
-    second.release()
+    await held.release()
+    await second.release()
     assert_idle(table)
 
 
@@ -224,11 +224,11 @@ async def test_cold_burst_loads_on_one_backend_and_waits_for_it():
     third, fourth = await asyncio.gather(*waiters[:2])
     assert third.backend is fourth.backend and third.backend is not first.backend
     assert table.queued == 1
-    first.release()
+    await first.release()
     fifth = await waiters[2]
     assert fifth.backend is first.backend
     for lease in (second, third, fourth, fifth):
-        lease.release()
+        await lease.release()
     assert_idle(table)
 
 
@@ -240,7 +240,7 @@ async def test_cold_load_spread_allows_parallel_loads():
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(table.acquire("llama3:latest"), 0.05)
     for lease in leases:
-        lease.release()
+        await lease.release()
 
 
 async def test_original_like_policy_overcommits_and_spreads_cold_bursts():
@@ -249,7 +249,7 @@ async def test_original_like_policy_overcommits_and_spreads_cold_bursts():
     leases = [await table.acquire("llama3:latest") for _ in range(4)]
     assert sorted(lease.backend.name for lease in leases) == ["a", "a", "b", "b"]  # 2 loads, then overcommit
     for lease in leases:
-        lease.release()
+        await lease.release()
     assert_idle(table)
 
 
@@ -268,7 +268,7 @@ async def test_learned_times_decide_between_waiting_and_a_cold_load():
     for _ in range(10):
         table.learn_load("cold", "llama3:latest", 0.2)
     assert table.decide("llama3:latest").backend is cold  # the load is quicker now
-    held.release()
+    await held.release()
     assert table.learned()["run_seconds"] == {"llama3:latest": 1.0}
 
 
@@ -280,6 +280,6 @@ async def test_load_time_is_learned_from_ollamas_load_duration(fakes, start_rout
     body = orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False})
     async with http.post(router.url + "/api/generate", data=body) as resp:
         assert resp.status == 200
-    assert 0.15 < router.table.load_time(("a", "llama3:latest")) < 5
+    assert 0.15 < router.ledger.learned.load_time(("a", "llama3:latest")) < 5
     async with http.get(router.url + "/api/config") as resp:
         assert "a/llama3:latest" in (await resp.json())["learned"]["load_seconds"]

@@ -12,16 +12,17 @@ import time
 from aiohttp import web
 
 from .. import dashboard
-from ..access import access_of
+from ..call import Reach
 from ..dialects.fields import BOOL, OBJECT, STRING, check_fields
 from ..dialects.from_openai import ollama_show, ollama_tag
-from ..dialects.ollama import parse_body, require_model
 from ..errors import RouterError, model_not_found
 from ..fleet import Backend
 from ..keys import ROUTER
 from ..names import normalize_model
 from ..poller import parse_expiry
 from ..responses import json_response
+from ..sinks import ClientSink
+from .common import read_call
 
 
 async def root(request: web.Request) -> web.Response:
@@ -101,13 +102,9 @@ async def show(request: web.Request) -> web.StreamResponse:
     """Asked of a healthy backend that has the model, where it is loaded if possible."""
 
     router = request.app[ROUTER]
-    access = access_of(request)
-    raw = await request.read()
-    payload = parse_body(raw)
-    model = require_model(payload)
-    check_fields(payload, SHOW_FIELDS)
-    access.model = model
-    key = normalize_model(model)
+    call = await read_call(request, Reach.OLLAMA)
+    check_fields(call.payload, SHOW_FIELDS)
+    key, model = call.key, call.model
     now = time.time()
     holders = [b for b in router.fleet.with_model(key) if b.status.healthy and b.config.is_ollama]
     if not holders:
@@ -116,7 +113,9 @@ async def show(request: web.Request) -> web.StreamResponse:
     if not holders:
         return _show_openai_model(router, key, model)
     holders.sort(key=lambda b: not b.status.is_loaded(key, now))
-    return await router.forward_unleased(request, access, holders, "/api/show", raw)
+    sink = ClientSink(request)
+    await router.pipeline.unleased(call, holders, sink)
+    return sink.response
 
 
 def _show_openai_model(router, key: str, model: str) -> web.Response:

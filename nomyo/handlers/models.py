@@ -31,8 +31,9 @@ from ..keys import ROUTER
 from ..names import normalize_model
 from ..poller import parse_expiry
 from ..responses import json_response
-from ..router import USER_AGENT, Router
+from ..router import Router
 from ..tee import broadcast
+from .common import read_current_body
 
 DIGEST = re.compile(r"^sha256[:-][0-9a-f]{64}$")
 # JSON types of the fields Ollama would reject when mistyped (`endpoints` is checked with the targets)
@@ -128,7 +129,7 @@ async def refreshing(router: Router, backends: list[Backend]) -> AsyncIterator[N
 
 
 def upstream(router: Router) -> Upstream:
-    return Upstream(router.session, USER_AGENT, router.config.connect_timeout)
+    return Upstream(router.session, router.config.connect_timeout)
 
 
 def forwarded(payload: dict, **changes) -> bytes:
@@ -138,7 +139,7 @@ def forwarded(payload: dict, **changes) -> bytes:
 
 
 async def read_model(request: web.Request) -> tuple[Router, dict, str]:
-    payload = parse_body(await request.read())
+    payload = parse_body(await read_current_body(request))
     model = require_model(payload)
     check_fields(payload, FIELD_TYPES.get(request.path, {}))
     check_items(payload, ITEM_TYPES.get(request.path, {}))
@@ -156,7 +157,7 @@ def conclude(request: web.Request, targets: Targets, report: Report) -> None:
     # one name or none: a list of names would become a new metrics label per combination
     access.backend = targets.backends[0].name if len(targets.backends) == 1 else None
     states = {o.state for o in report.outcomes.values()}
-    access.outcome = "ok" if report.ok else ("partly-failed" if "success" in states else "backend-error")
+    access.kind = "ok" if report.ok else ("partly-failed" if "success" in states else "backend-error")
 
 
 # -- streamed operations: pull, push, create ---------------------------------------------------
@@ -174,7 +175,7 @@ async def progress_operation(request: web.Request, verb: str, payload: dict, mod
         async with refreshing(router, targets.backends):
             report.outcomes.update(await run_progress(upstream(router), targets.backends, request.path, body, stream))
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-        access_of(request).outcome = "client-disconnected"
+        access_of(request).kind = "client-disconnected"
         return stream.response or web.Response(status=499)
     conclude(request, targets, report)
     return await stream.finish(report)
@@ -224,7 +225,7 @@ async def answered_operation(request: web.Request, method: str, payload: dict, m
 
 async def copy(request: web.Request) -> web.Response:
     router = request.app[ROUTER]
-    payload = parse_body(await request.read())
+    payload = parse_body(await read_current_body(request))
     names = {}
     for field_name in ("source", "destination"):
         value = payload.get(field_name)

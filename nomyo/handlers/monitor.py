@@ -23,6 +23,7 @@ from ..responses import json_response
 from ..sse import usage_stream
 from ..usage import minute_of
 from ..views import backend_views, token_breakdown, usage_view
+from .common import read_current_body
 
 DEFAULT_DAYS = 30
 MAX_MINUTES = 60 * 24 * 31
@@ -47,7 +48,7 @@ def _whole_number(payload: dict, key: str, default: int, minimum: int) -> int:
 async def _model_from(request: web.Request) -> tuple[str, dict]:
     """`model` from the JSON body (POST, as the original) or the query string (GET)."""
 
-    if request.method == "GET" or not (raw := await request.read()).strip():
+    if request.method == "GET" or not (raw := await read_current_body(request)).strip():
         payload = dict(request.query)
         if "days" in payload:
             try:
@@ -114,7 +115,7 @@ async def aggregate_time_series_days(request: web.Request) -> web.Response:
     """Roll minute rows of whole days older than `days` into daily rows (`trim_old`: delete them).
     Running it again changes nothing."""
 
-    raw = await request.read()
+    raw = await read_current_body(request)
     payload = parse_body(raw) if raw.strip() else {}
     days = _whole_number(payload, "days", DEFAULT_DAYS, 1)
     trim_old = payload.get("trim_old", False)
@@ -152,7 +153,7 @@ async def config(request: web.Request) -> web.Response:
         entry["model_slots"] = dict(router.fleet.backends[view["name"]].config.model_slots)
         endpoints.append(entry)
     return json_response({"endpoints": endpoints, "require_router_api_key": bool(router.config.router_api_keys),
-                          "router_version": __version__, "learned": router.table.learned()})
+                          "router_version": __version__, "learned": router.ledger.learned.describe()})
 
 
 async def health(request: web.Request) -> web.Response:

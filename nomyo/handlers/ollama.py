@@ -21,11 +21,11 @@ from ..dialects.fields import (
     check_fields,
     check_items,
 )
-from ..dialects.ollama import is_load_or_unload
 from ..errors import bad_request
-from ..keepalive import EARLY, EarlyStream
-from ..translate import ollama_sender
-from .common import read_model_request
+from ..keepalive import EarlyStream
+from ..keys import ROUTER
+from ..sinks import ClientSink
+from .common import read_call
 
 # JSON types per field, for the fields Ollama itself would reject when mistyped (the typed
 # properties of the request schemas in nomyo.openapi).
@@ -41,7 +41,6 @@ FIELD_TYPES = {
 }
 ITEM_TYPES = {"/api/chat": {"messages": OLLAMA_MESSAGE, "tools": TOOL},
               "/api/generate": {"images": STRING, "context": INTEGER}}
-STREAMING = ("/api/chat", "/api/generate")
 
 
 def check_types(path: str, payload: dict) -> None:
@@ -55,19 +54,15 @@ def check_types(path: str, payload: dict) -> None:
 async def inference(request: web.Request) -> web.StreamResponse:
     """Route one inference request to the backend where its model is best served."""
 
-    incoming = await read_model_request(request)
-    path, payload = request.path, incoming.payload
-    check_types(path, payload)
-    loading = is_load_or_unload(path, payload)
-    interval = incoming.router.config.keepalive_interval
-    if interval and path in STREAMING and payload.get("stream") is not False and not loading:
-        request[EARLY] = EarlyStream(request, interval, sse=False, model=incoming.model, chat=path == "/api/chat")
-    # Any backend with the model may serve it: an OpenAI-compatible one gets it translated.
-    send = ollama_sender(request, incoming.router, incoming.access, path, payload, incoming.raw,
-                         incoming.key, incoming.model)
-    return await incoming.router.forward(request, incoming.access, incoming.key, path, incoming.raw,
-                                         native=False, send=send, display=incoming.model,
-                                         changes_loaded=loading)
+    call = await read_call(request)  # any backend with the model may serve it, translated if need be
+    check_types(call.path, call.payload)
+    interval = call.runtime.config.keepalive_interval
+    early = None
+    if interval and call.stream and not call.changes_loaded:
+        early = EarlyStream(request, interval, sse=False, model=call.model, chat=call.path == "/api/chat")
+    sink = ClientSink(request, early)
+    await request.app[ROUTER].exchange(call, sink)
+    return sink.response
 
 
 def add_routes(app: web.Application) -> None:

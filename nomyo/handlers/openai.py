@@ -16,14 +16,14 @@ from aiohttp import web
 
 from .. import responses
 from ..access import access_of
-from ..bridge import send_openai
+from ..call import Reach
 from ..dialects.openai import JSON, check_request, model_object
 from ..errors import model_not_found
-from ..fleet import OPENAI_ONLY
-from ..keepalive import EARLY, EarlyStream
+from ..keepalive import EarlyStream
 from ..keys import ROUTER
 from ..names import normalize_model
-from .common import read_model_request
+from ..sinks import ClientSink
+from .common import read_call
 
 ROUTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -35,20 +35,16 @@ def json_response(payload, status: int = 200) -> web.Response:
 async def routed(request: web.Request) -> web.StreamResponse:
     """Route one /v1 request to a backend that has its model, wherever it is loaded best."""
 
-    incoming = await read_model_request(request)
-    check_request(request.path, incoming.payload)
-    path = request.path.removeprefix("/v1")
-    native = OPENAI_ONLY if path == "/rerank" else False
-    interval = incoming.router.config.keepalive_interval
-    if interval and incoming.payload.get("stream") is True and path in ("/chat/completions", "/completions"):
-        request[EARLY] = EarlyStream(request, interval, sse=True)
-
-    async def send(backend):
-        return await send_openai(request, incoming.router, backend, incoming.access, path, incoming.payload,
-                                 incoming.raw, incoming.key)
-
-    return await incoming.router.forward(request, incoming.access, incoming.key, request.path, incoming.raw,
-                                         native=native, send=send, display=incoming.model)
+    rerank = request.path.endswith("/rerank")
+    call = await read_call(request, Reach.OPENAI if rerank else Reach.ANY)
+    check_request(request.path, call.payload)
+    interval = call.runtime.config.keepalive_interval
+    early = None
+    if interval and call.stream and call.upstream_path in ("/chat/completions", "/completions"):
+        early = EarlyStream(request, interval, sse=True)
+    sink = ClientSink(request, early)
+    await request.app[ROUTER].exchange(call, sink)
+    return sink.response
 
 
 def _created(entry: dict) -> int:

@@ -10,18 +10,22 @@ import statistics
 import time
 from types import MappingProxyType
 
-from nomyo.config import EndpointConfig
+from nomyo.call import Reach
+from nomyo.config import Config, EndpointConfig
 from nomyo.fleet import Backend, BackendStatus, Fleet
+from nomyo.ledger import LocalLedger, SlotRequest
 from nomyo.policy import make_policy
-from nomyo.table import ConnectionTable
+from nomyo.runtime import Runtime
+from nomyo.upstream import Timing
 
 BACKENDS = 50
 MODELS = 100
 MODEL = "m7:latest"
 
 
-def synthetic_table(backends: int = BACKENDS, models: int = MODELS) -> ConnectionTable:
-    """`backends` healthy backends, each advertising `models` models with every third loaded."""
+def synthetic_table(backends: int = BACKENDS, models: int = MODELS) -> tuple[LocalLedger, SlotRequest]:
+    """`backends` healthy backends, each advertising `models` models with every third loaded:
+    the ledger, and the request for one model under that runtime."""
 
     names = frozenset(f"m{j}:latest" for j in range(models))
     loaded = MappingProxyType({f"m{j}:latest": float("inf") for j in range(0, models, 3)})
@@ -30,45 +34,48 @@ def synthetic_table(backends: int = BACKENDS, models: int = MODELS) -> Connectio
                 BackendStatus(healthy=True, models=names, loaded=loaded, error=None, checked_at=time.time()))
         for i in range(backends)
     )
-    return ConnectionTable(fleet, make_policy("loaded-first"), max_queue=512, queue_timeout=5)
+    config = Config(path=None, endpoints=(), max_queue=512, queue_timeout=5)
+    runtime = Runtime(config=config, fleet=fleet, policy=make_policy("loaded-first"), timing=Timing())
+    return LocalLedger(), SlotRequest(MODEL, runtime, Reach.ANY)
 
 
-async def acquire_release_us(table: ConnectionTable, iterations: int) -> float:
+async def acquire_release_us(ledger: LocalLedger, request: SlotRequest, iterations: int) -> float:
     start = time.perf_counter()
     for _ in range(iterations):
-        lease = await table.acquire(MODEL)
-        lease.release()
+        lease = await ledger.acquire(request)
+        await lease.release()
     return (time.perf_counter() - start) / iterations * 1e6
 
 
-def decision_us(table: ConnectionTable, iterations: int) -> float:
-    """`table.decide(model)`: the decision without the reservation."""
+def decision_us(ledger: LocalLedger, request: SlotRequest, iterations: int) -> float:
+    """`ledger.decide(request)`: the decision without the reservation."""
 
     start = time.perf_counter()
     for _ in range(iterations):
-        table.decide(MODEL)
+        ledger.decide(request)
     return (time.perf_counter() - start) / iterations * 1e6
 
 
-def choose_only_us(table: ConnectionTable, iterations: int) -> float:
+def choose_only_us(request: SlotRequest, iterations: int) -> float:
     """The policy alone, on the fleet's precomputed options and empty counts."""
 
-    options = table.fleet.options(MODEL)
+    options = request.runtime.fleet.options(MODEL)
+    policy = request.runtime.policy
     now = time.time()
     start = time.perf_counter()
     for _ in range(iterations):
-        table.policy.choose(options, {}, {}, now)
+        policy.choose(options, {}, {}, now)
     return (time.perf_counter() - start) / iterations * 1e6
 
 
 async def measure_routing(iterations: int, repeats: int = 5) -> dict[str, float]:
     """Median over `repeats` of each timing, in µs per call."""
 
-    table = synthetic_table()
-    await acquire_release_us(table, iterations // 10)  # warm-up
+    ledger, request = synthetic_table()
+    await acquire_release_us(ledger, request, iterations // 10)  # warm-up
     runs = {"acquire_release_us": [], "decision_us": [], "choose_only_us": []}
     for _ in range(repeats):
-        runs["acquire_release_us"].append(await acquire_release_us(table, iterations))
-        runs["decision_us"].append(decision_us(table, iterations))
-        runs["choose_only_us"].append(choose_only_us(table, iterations))
+        runs["acquire_release_us"].append(await acquire_release_us(ledger, request, iterations))
+        runs["decision_us"].append(decision_us(ledger, request, iterations))
+        runs["choose_only_us"].append(choose_only_us(request, iterations))
     return {name: statistics.median(values) for name, values in runs.items()}
