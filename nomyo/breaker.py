@@ -67,12 +67,15 @@ class Breaker:
         now = time.monotonic() if now is None else now
         return self.state != OPEN or now >= self.opened_until
 
-    def probe_succeeded(self) -> None:
-        """A poll answered after the cool-down: let traffic back in, one request at a time."""
+    def probe_succeeded(self) -> bool:
+        """A poll answered after the cool-down: let traffic back in, one request at a time.
+        True when this moved the circuit from open to half-open."""
 
-        if self.state == OPEN:
-            self.state = HALF_OPEN
-            self.successes = 0
+        if self.state != OPEN:
+            return False
+        self.state = HALF_OPEN
+        self.successes = 0
+        return True
 
     def remaining(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now

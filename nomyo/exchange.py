@@ -78,6 +78,7 @@ class Pipeline:
                 tried |= {lease.backend.name}
                 if attempt == MAX_ATTEMPTS:
                     raise last_failure from None
+                log.debug("%s: failing over from %s to another backend", call.key, lease.backend.name)
             finally:
                 await lease.release()
             await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
@@ -91,7 +92,10 @@ class Pipeline:
         started = time.perf_counter()
         try:
             try:
-                return await self.ledger.acquire(request)
+                lease = await self.ledger.acquire(request)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s", explain(request, lease, self.ledger))
+                return lease
             except RouterError as exc:
                 if exc.status not in (404, 503) or exc.code == "server_busy":
                     raise
@@ -212,6 +216,22 @@ class Pipeline:
             self.poller.report_failure(backend, outcome.kind or f"status {status}")
         elif status < 500:
             self.poller.report_success(backend)
+
+
+def explain(request: SlotRequest, lease: Lease, ledger: Ledger) -> str:
+    """A routing decision in words, for the debug log: the candidates as the policy saw them
+    (slots in use before this call took its own / slots, loaded or not), and the choice."""
+
+    now = time.time()
+    options = request.runtime.fleet.options(request.model, request.reach)
+    seen = []
+    for option in options:
+        busy = ledger.inflight(option.name, request.model) - (option.backend is lease.backend)
+        state = "loaded" if option.loaded_until > now else ("loading" if busy else "not loaded")
+        seen.append(f"{option.name} {busy}/{option.slots} {state}")
+    excluded = f"; excluded {', '.join(sorted(request.exclude))}" if request.exclude else ""
+    return (f"route {request.model} ({request.runtime.policy.name}): {lease.backend.name} chosen "
+            f"among [{'; '.join(seen)}]{excluded}")
 
 
 def settle(outcome: Outcome, ending: Ending, counts: tuple[int, int], load_seconds: float | None = None) -> None:

@@ -13,6 +13,7 @@ loses its turn to a newcomer and nothing ever exceeds a backend's slots. Another
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .errors import RouterError, model_not_found, server_busy
 from .fleet import Backend, RouteOption
 from .learned import LearnedTimes
 from .runtime import Runtime
+
+log = logging.getLogger("nomyo.ledger")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,7 @@ class LocalLedger:
             self._waiters.setdefault(request.queue_key, deque()).append((request, waiter))
             self._queued += 1
             self._changed()
+            log.debug("no free slot for %s: queued (%d waiting in all)", request.model, self._queued)
         return await self._wait(request, waiter, config.queue_timeout)
 
     async def _wait(self, request: SlotRequest, waiter: asyncio.Future, timeout: float) -> LocalLease:
@@ -143,6 +147,7 @@ class LocalLedger:
             delivered = True
             return lease
         except TimeoutError:
+            log.debug("gave up waiting for a slot for %s after %gs", request.model, timeout)
             raise server_busy(retry_after=max(1, int(timeout // 10))) from None
         finally:
             self._leave_queue(request, waiter, delivered)
@@ -216,6 +221,7 @@ class LocalLedger:
             queue.popleft()
             self._queued -= 1
             waiter.set_result(lease)
+            log.debug("slot on %s for %s handed to the oldest waiter", lease.backend.name, request.model)
         if queue is not None and not queue:
             self._waiters.pop(key, None)
 

@@ -124,8 +124,8 @@ class Poller:
                     status = await self._probe(backend)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 status = old.down(describe(exc, self.timeout))
-            if status.healthy:
-                breaker.probe_succeeded()
+            if status.healthy and breaker.probe_succeeded():
+                log.info("backend %s: cool-down over, half-open (one request per model at a time)", backend.name)
             status = replace(status, checked_at=started, breaker=breaker.state,
                              healthy_since=(old.healthy_since or started) if status.healthy else None)
             self._log_transition(backend, old, status)

@@ -122,14 +122,11 @@ class Answer:
         return [orjson.loads(line) for line in self.body.splitlines() if line.strip()]
 
 
-class Collector:
-    """Keeps the whole answer (`answer`). Never `started`: a failure before the end is raised
-    to whoever made the call."""
+class InternalSink:
+    """A sink with no client behind it: never `started`, so a failure before the end is raised
+    to whoever made the call; nothing to begin or end."""
 
-    __slots__ = ("answer",)
-
-    def __init__(self) -> None:
-        self.answer = Answer()
+    __slots__ = ()
 
     @property
     def started(self) -> bool:
@@ -137,6 +134,21 @@ class Collector:
 
     async def begin(self) -> None:
         pass
+
+    async def fail(self, error: RouterError) -> None:
+        raise error
+
+    async def end(self) -> None:
+        pass
+
+
+class Collector(InternalSink):
+    """Keeps the whole answer (`answer`)."""
+
+    __slots__ = ("answer",)
+
+    def __init__(self) -> None:
+        self.answer = Answer()
 
     async def open(self, status: int, headers: Mapping[str, str]) -> None:
         self.answer.status, self.answer.headers, self.answer.streamed = status, dict(headers), True
@@ -153,12 +165,6 @@ class Collector:
         self.answer.status, self.answer.headers = status, dict(headers)
         self.answer.chunks = [body]
         self.answer.complete = status < 400
-
-    async def fail(self, error: RouterError) -> None:
-        raise error
-
-    async def end(self) -> None:
-        pass
 
 
 class Tee:
@@ -202,10 +208,12 @@ class Tee:
         await self.primary.end()
 
 
-class ChunkStream:
+class ChunkStream(InternalSink):
     """The answer's bytes as an async iterator, read while the exchange runs in its own task.
     At most `depth` chunks wait for the reader: a slow reader slows the relay, as a slow client
     would."""
+
+    __slots__ = ("_chunks", "_ended", "_readable", "_writable", "complete", "depth", "headers", "status")
 
     def __init__(self, depth: int = 16):
         self.depth = depth
@@ -217,13 +225,6 @@ class ChunkStream:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
-
-    @property
-    def started(self) -> bool:
-        return False
-
-    async def begin(self) -> None:
-        pass
 
     async def open(self, status: int, headers: Mapping[str, str]) -> None:
         self.status, self.headers = status, dict(headers)
@@ -243,12 +244,6 @@ class ChunkStream:
     async def whole(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         await self.open(status, headers)
         await self.close(body, complete=status < 400)
-
-    async def fail(self, error: RouterError) -> None:
-        raise error
-
-    async def end(self) -> None:
-        pass
 
     def finish(self) -> None:
         """The exchange is over (however it ended): the reader gets what is left, then stops."""

@@ -70,6 +70,7 @@ def backend_views(router: Router) -> list[dict[str, Any]]:
             "url": backend.config.url,
             "type": backend.config.type,
             "status": "ok" if status.healthy else "error",
+            "circuit": status.breaker,
             "version": status.version,
             "error": None if status.healthy else status.error,
             "models": len(status.models),

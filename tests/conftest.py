@@ -114,13 +114,16 @@ def router_config(backends, **settings) -> Config:
 
 @pytest.fixture
 async def start_router(aiohttp_server):
-    """`await start_router([fake, ...], slots=2, queue_timeout=...)` serves the real app on a port."""
+    """`await start_router([fake, ...], slots=2, queue_timeout=...)` serves the real app on a port;
+    `prepare_app=function` may add to the app (e.g. routes) before it starts."""
 
     running: list[RunningRouter] = []
 
-    async def start(backends, **settings) -> RunningRouter:
+    async def start(backends, prepare_app=None, **settings) -> RunningRouter:
         config = router_config(backends, **settings)
         app = build_app(config)
+        if prepare_app is not None:
+            prepare_app(app)
         server = await aiohttp_server(app)  # TestServer runs with handler_cancellation=True
         handle = RunningRouter(url=str(server.make_url("")).rstrip("/"), router=app[ROUTER], config=config)
         running.append(handle)
