@@ -34,6 +34,7 @@ MAX_ATTEMPTS = 3
 # Until the poller reads the real expiry, a model that just answered is assumed loaded for
 # Ollama's default keep-alive.
 ASSUMED_KEEP_ALIVE = 300.0
+TRANSPORT_STATUSES = (502, 504)  # a proxy's words for "the backend behind me is gone"
 
 
 class Pipeline:
@@ -208,13 +209,16 @@ class Pipeline:
         return RouterError(502, str(exc), code="backend_unreachable")
 
     def _judge(self, backend: Backend, outcome: Outcome) -> None:
-        """Feed the backend's circuit breaker with how this call went. A 503 is the backend
-        saying it is busy, not broken; 4xx are the client's; other 5xx and broken streams count."""
+        """Feed the backend's circuit breaker with how this call went. Only transport failures
+        count against a backend: a stream that broke off, went silent or ended short, and the
+        502/504 a proxy in front of a dead backend answers. An answer the backend gives in its
+        own words (an error status with an error body, an error line in a stream) is that
+        request's failure (a client asking for too much memory must not take a backend out)."""
 
         status = outcome.status or 0
-        if outcome.kind == BACKEND_FAILED or (status >= 500 and status != 503):
-            self.poller.report_failure(backend, outcome.kind or f"status {status}")
-        elif status < 500:
+        if outcome.kind == BACKEND_FAILED or status in TRANSPORT_STATUSES:
+            self.poller.report_failure(backend, outcome.error or outcome.kind or f"status {status}")
+        elif status < 400:
             self.poller.report_success(backend)
 
 

@@ -36,6 +36,12 @@ class BackendStatus:
     healthy_since: float | None = None
     breaker: str = "closed"  # closed | open | half-open (see breaker.py)
 
+    @property
+    def routable(self) -> bool:
+        """Answers its polls and its circuit is not open: requests may go there."""
+
+        return self.healthy and self.breaker != "open"
+
     def is_loaded(self, model: str, now: float) -> bool:
         expiry = self.loaded.get(model)
         return expiry is not None and expiry > now
@@ -147,7 +153,7 @@ class Fleet:
                 for table in (self._index, self._options, self._ollama_options):
                     table.pop(model, None)
                 continue
-            routable = tuple(RouteOption(b, model) for b in found if b.status.healthy)
+            routable = tuple(RouteOption(b, model) for b in found if b.status.routable)
             self._index[model] = found
             self._options[model] = routable
             self._ollama_options[model] = tuple(o for o in routable if o.ollama)

@@ -13,6 +13,7 @@ client's dialect. The one stream loop (`stream.py`) drives any of them:
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -20,15 +21,14 @@ import aiohttp
 import orjson
 
 from .dialects.from_openai import ToOllama
-from .dialects.ollama import NDJSON, final_counts, load_seconds
+from .dialects.ollama import NDJSON, answer_counts, answer_load_seconds
 from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, generates, sse_event
 from .errors import openai_error_body
 from .upstream import response_headers
 
 log = logging.getLogger("nomyo.framing")
-DONE_MARK = b'"done":true'  # 11 bytes
-CONTENT_MARK = b'"done":false'  # 12 bytes
-TAIL = 1024  # bytes of a stream's end kept for its counts (they sit in the last ~200)
+CONTENT_LINE = re.compile(rb'"done"\s*:\s*false')  # a key: a JSON string value is never followed by ':'
+MAX_LINE = 16 << 20  # a final line with a long `context` runs to a few MB; beyond this it is not Ollama
 
 
 class Framing(Protocol):
@@ -60,44 +60,81 @@ def sse_error(message: str) -> bytes:
 
 
 class StreamEnd:
-    """What the relay learns about an NDJSON stream from its chunks, without parsing lines:
-    whether the final `done: true` line came, whether the backend ended with its own error line,
-    how many content lines (`done: false`) went through (a cut stream counts a token each), and
-    the stream's last kilobyte (the counts are at the very end).
+    """What the relay learns about an NDJSON stream from its chunks: how many content lines
+    (`"done": false`) went through (a cut stream counts a token each) and the last complete
+    line, which is parsed once at the end: `done: true` there means the stream is complete, and
+    it carries the counts. Nothing is matched as exact bytes, so any JSON spelling (`"done": true`,
+    as Python servers write it) reads alike. Per chunk this costs one scan of the bytes whose
+    line ended in it and a copy of the last line."""
 
-    The markers cannot occur inside a JSON string (quotes are escaped there). Each is also looked
-    for across the seam between the stream so far and the new chunk, in a window whose halves are
-    each one byte shorter than the marker, so nothing is counted twice. Every step copies at most a few
-    kilobytes, whatever the chunk size."""
-
-    __slots__ = ("done", "lines", "tail")
+    __slots__ = ("_final", "_parsed", "_partial", "last", "lines", "overflow")
 
     def __init__(self) -> None:
-        self.done = False
         self.lines = 0
-        self.tail = b""
+        self.last = b""  # the last complete line (without its newline)
+        self._partial: list[bytes] = []  # the line still being received
+        self.overflow = False  # a line too long to keep came (not Ollama talking)
+        self._parsed = False
+        self._final: dict | None = None
 
     def see(self, chunk: bytes) -> None:
-        if not self.done and (DONE_MARK in chunk or DONE_MARK in self.tail[-10:] + chunk[:10]):
-            self.done = True
-        self.lines += chunk.count(CONTENT_MARK) + (self.tail[-11:] + chunk[:11]).count(CONTENT_MARK)
-        self.tail = (self.tail + chunk[-TAIL:])[-TAIL:]
+        end = chunk.rfind(b"\n")
+        if end == -1:
+            self._keep(chunk)
+            return
+        if self._partial:  # the line that began in earlier chunks ends in this one
+            head = b"".join(self._partial) + chunk[:end]
+            self.lines += len(CONTENT_LINE.findall(head))
+            self.last = head[head.rfind(b"\n") + 1:]
+        else:
+            self.lines += len(CONTENT_LINE.findall(chunk, 0, end))
+            self.last = chunk[chunk.rfind(b"\n", 0, end) + 1:end]
+        self._partial = [chunk[end + 1:]] if end + 1 < len(chunk) else []
+        self._parsed = False
+
+    def _keep(self, piece: bytes) -> None:
+        if sum(map(len, self._partial)) + len(piece) > MAX_LINE:
+            self.overflow = True
+            self._partial = []
+        else:
+            self._partial.append(piece)
+
+    def final(self) -> dict | None:
+        """The last complete line as an object, if it is one (parsed once)."""
+
+        if not self._parsed:
+            self._parsed = True
+            try:
+                obj = orjson.loads(self.last) if self.last.strip() else None
+            except orjson.JSONDecodeError:
+                obj = None
+            self._final = obj if isinstance(obj, dict) else None
+        return self._final
+
+    @property
+    def unfinished(self) -> bool:
+        return any(piece.strip() for piece in self._partial)
 
     @property
     def complete(self) -> bool:
         """The `done: true` line came, whole (a line ends with its newline)."""
 
-        return self.done and self.tail.endswith(b"\n")
+        final = self.final()
+        return final is not None and final.get("done") is True and not self.unfinished
 
     @property
     def ended_in_error(self) -> bool:
-        return self.tail.rstrip(b"\n").rsplit(b"\n", 1)[-1].startswith(b'{"error"')
+        final = self.final()
+        return final is not None and "error" in final and not self.unfinished
 
     def counts(self) -> tuple[int, int]:
         """The backend's own counts, else one token per content line relayed."""
 
-        found = final_counts(self.tail) if self.complete else None
+        found = answer_counts(self.final()) if self.complete else None
         return found or (0, self.lines)
+
+    def load_seconds(self) -> float | None:
+        return answer_load_seconds(self.final()) if self.complete else None
 
 
 class NdjsonRelay:
@@ -130,7 +167,7 @@ class NdjsonRelay:
         return self.end.counts()
 
     def load_seconds(self) -> float | None:
-        return load_seconds(self.end.tail)
+        return self.end.load_seconds()
 
     def error_line(self, message: str) -> bytes:
         return ndjson_error(message)

@@ -116,15 +116,14 @@ class Poller:
                 return backend.status  # a poll that started after we asked just finished: share it
             old = backend.status
             breaker = self.breaker(backend)
-            if not breaker.may_probe():
-                return old  # the circuit is open: it stays out until the cool-down is over
             started = time.time()
             try:
                 async with asyncio.timeout(self.timeout):
                     status = await self._probe(backend)
             except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
                 status = old.down(describe(exc, self.timeout))
-            if status.healthy and breaker.probe_succeeded():
+            # an open circuit stays open until its cool-down is over, however well the backend polls
+            if status.healthy and breaker.may_probe() and breaker.probe_succeeded():
                 log.info("backend %s: cool-down over, half-open (one request per model at a time)", backend.name)
             status = replace(status, checked_at=started, breaker=breaker.state,
                              healthy_since=(old.healthy_since or started) if status.healthy else None)
@@ -161,15 +160,15 @@ class Poller:
         return found
 
     def report_failure(self, backend: Backend, reason: str) -> None:
-        """A request failed on `backend` (unreachable, reset, 5xx, broke mid-stream)."""
+        """A request failed on `backend` in transport (unreachable, reset, broke off mid-stream,
+        a proxy's 502/504). An open circuit takes it out of routing; while it answers its polls
+        its models stay listed."""
 
         breaker = self.breaker(backend)
         if breaker.failure():
-            error = (f"circuit open for {breaker.remaining():.0f}s after repeated failures "
-                     f"(last: {reason})")
-            log.warning("backend %s: %s", backend.name, error)
-            status = backend.status.down(error)
-            self.fleet.set_status(backend, replace(status, breaker=breaker.state))
+            log.warning("backend %s: circuit open for %.0fs after repeated failures (last: %s)", backend.name,
+                        breaker.remaining(), reason)
+            self.fleet.set_status(backend, replace(backend.status, breaker=breaker.state))
 
     def report_success(self, backend: Backend) -> None:
         breaker = self.breaker(backend)

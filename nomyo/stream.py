@@ -21,14 +21,15 @@ from .upstream import IdleWatch
 log = logging.getLogger("nomyo.stream")
 
 OK = "ok"
-BACKEND_FAILED = "backend-failed-mid-stream"
+BACKEND_FAILED = "backend-failed-mid-stream"  # the connection broke, went silent, or ended short
+BACKEND_ERROR = "backend-error"  # the backend ended the stream with its own error line
 CLIENT_GONE = "client-disconnected"
 
 
 @dataclass(frozen=True, slots=True)
 class Ending:
-    """How a stream ended: `kind` (ok, backend-failed-mid-stream, client-disconnected) and, for
-    a failure the router told the client about, the reason in words."""
+    """How a stream ended: `kind` (ok, backend-error, backend-failed-mid-stream,
+    client-disconnected) and, for a failure the router told the client about, the reason."""
 
     kind: str
     reason: str | None = None
@@ -65,7 +66,7 @@ async def pump(upstream: aiohttp.ClientResponse, framing: Framing, sink: Sink, o
         return Ending(OK)
     if framing.backend_failed:  # the backend's own error line went through: the stream is over
         await sink.close(complete=False)
-        return Ending(BACKEND_FAILED)
+        return Ending(BACKEND_ERROR)
     return await _broken(sink, framing, backend, "the stream ended without its final line")
 
 

@@ -11,6 +11,7 @@ from nomyo.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from tests.conftest import eventually
 
 BODY = orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False})
+CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_state_machine():
@@ -35,13 +36,18 @@ async def generate(http, router) -> tuple[int, dict]:
 
 
 async def test_failing_backend_is_taken_out_and_let_back_gradually(fakes, start_router, http):
+    """Three 502s (a proxy in front of a dead runner) open the circuit: the backend gets no
+    traffic, though its models stay listed while it answers polls; after the cool-down it is
+    let back half-open, and good requests close the circuit again."""
+
     a = await fakes("a", loaded=["llama3:latest"])
     b = await fakes("b")
     router = await start_router([a, b], slots=4, breaker_threshold=3, breaker_cooldown=0.5, poll_interval=0.1)
-    a.fail_next(500, "an error was encountered while running the model", count=3)
-    for _ in range(3):  # the backend's own errors reach the client as they are
-        assert await generate(http, router) == (500, {"error": "an error was encountered while running the model"})
-    assert router.backend("a").status.breaker == OPEN and not router.backend("a").status.healthy
+    a.fail_next(502, "bad gateway", count=3)
+    for _ in range(3):  # the answers reach the client as they are
+        assert await generate(http, router) == (502, {"error": "bad gateway"})
+    assert router.backend("a").status.breaker == OPEN and router.backend("a").status.healthy
+    assert [o.name for o in router.router.fleet.options("llama3:latest")] == ["b"]
     status, body = await generate(http, router)  # a is out: b serves
     assert status == 200 and body["response"] == "Hello from b"
     await eventually(lambda: router.backend("a").status.breaker == HALF_OPEN, what="a half-open")
@@ -53,6 +59,45 @@ async def test_failing_backend_is_taken_out_and_let_back_gradually(fakes, start_
     assert [o.slots for o in router.router.fleet.options("llama3:latest") if o.name == "a"] == [4]
     async with http.get(router.url + "/api/tags") as resp:
         assert resp.status == 200
+
+
+async def test_the_backends_own_errors_never_open_the_circuit(fakes, start_router, http):
+    """A request a backend refuses in its own words (500 "model requires more system memory",
+    what a huge num_ctx triggers), or a runner that fails mid-stream with an error line, is that
+    request's failure: passed on, and the backend keeps serving everyone else."""
+
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([a], breaker_threshold=2)
+    memory = "model requires more system memory (64.0 GiB) than is available (15.2 GiB)"
+    a.fail_next(500, memory, count=3)
+    for _ in range(3):
+        assert await generate(http, router) == (500, {"error": memory})
+    a.fail_midstream(count=3)
+    for _ in range(3):
+        async with http.post(router.url + "/api/chat", data=orjson.dumps(CHAT)) as resp:
+            last = orjson.loads((await resp.read()).splitlines()[-1])
+            assert "error" in last and "done" not in last
+    assert router.backend("a").status.breaker == CLOSED
+    assert (await generate(http, router))[0] == 200
+    async with http.get(router.url + "/api/tags") as resp:
+        assert [m["name"] for m in (await resp.json())["models"]] == ["llama3:latest"]
+
+
+async def test_transport_failures_open_it_but_the_models_stay_listed(fakes, start_router, http):
+    """Streams cut off mid-way are transport failures: they open the circuit, yet a backend that
+    still answers its polls keeps its models in /api/tags."""
+
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([a], breaker_threshold=2, breaker_cooldown=30)
+    a.cut_next(count=2)
+    for _ in range(2):
+        async with http.post(router.url + "/api/chat", data=orjson.dumps(CHAT)) as resp:
+            assert "failed mid-stream" in orjson.loads((await resp.read()).splitlines()[-1])["error"]
+    assert router.backend("a").status.breaker == OPEN
+    await asyncio.sleep(0.3)  # polls come and go
+    async with http.get(router.url + "/api/tags") as resp:
+        assert [m["name"] for m in (await resp.json())["models"]] == ["llama3:latest"]
+    assert (await generate(http, router))[0] == 503
 
 
 async def test_busy_503_does_not_trip_the_breaker(fakes, start_router, http):

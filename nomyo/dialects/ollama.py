@@ -72,9 +72,8 @@ def is_load_or_unload(path: str, payload: dict[str, Any]) -> bool:
 # tens of kilobytes), so they are read off the end with a pattern, not by parsing the line. A
 # quote before the name keeps `"eval_count"` from matching inside `"prompt_eval_count"`, and a
 # JSON string can never contain an unescaped quote, so no message text can imitate them.
-COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)":(\d+)')
+COUNTS = re.compile(rb'"(prompt_eval_count|eval_count)"\s*:\s*(\d+)')
 COUNTS_WINDOW = 600
-LOAD_DURATION = re.compile(rb'"load_duration":(\d+)')
 
 
 def final_counts(tail: bytes) -> tuple[int, int] | None:
@@ -87,15 +86,6 @@ def final_counts(tail: bytes) -> tuple[int, int] | None:
     if not found:
         return None
     return int(found.get(b"prompt_eval_count", 0)), int(found.get(b"eval_count", 0))
-
-
-def load_seconds(tail: bytes) -> float | None:
-    """Ollama's `load_duration` (ns) on the final line, in seconds: how long the model took to
-    become ready (a cold load takes seconds; a warm model a few microseconds)."""
-
-    end = tail.rstrip(b"\n")
-    found = LOAD_DURATION.search(end, max(end.rfind(b"\n") + 1, len(end) - COUNTS_WINDOW))
-    return int(found.group(1)) / 1e9 if found else None
 
 
 def answer_counts(answer: Any) -> tuple[int, int] | None:
