@@ -79,6 +79,7 @@ class Config:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 600.0
     idle_timeout: float = 300.0
+    response_timeout: float = 1800.0
     keepalive_interval: float = 0.0
     drain_timeout: float = 60.0
     max_body_size: int = 100 * 1024 * 1024
@@ -235,6 +236,7 @@ TOP_KEYS = frozenset(
         "endpoints", "llama_server_endpoints", "max_concurrent_connections", "api_keys",
         "nomyo-router-api-key", "router_api_keys", "listen", "poll_interval", "poll_timeout",
         "queue_timeout", "max_queue", "connect_timeout", "first_byte_timeout", "idle_timeout",
+        "response_timeout",
         "keepalive_interval", "drain_timeout", "max_body_size", "routing_policy",
         "cold_load_spread", "breaker_threshold", "breaker_cooldown",
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
@@ -303,6 +305,7 @@ def build_config(data: Any, path: str) -> Config:
         connect_timeout=top.number("connect_timeout", 5.0, minimum=0.1),
         first_byte_timeout=top.number("first_byte_timeout", 600.0, minimum=0.1),
         idle_timeout=top.number("idle_timeout", 300.0, minimum=0.1),
+        response_timeout=top.number("response_timeout", 1800.0, minimum=0.1),
         keepalive_interval=top.number("keepalive_interval", 0.0, minimum=0),
         drain_timeout=top.number("drain_timeout", 60.0, minimum=0),
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),

@@ -22,6 +22,8 @@ from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
 
 log = logging.getLogger("nomyo.daemon")
+SHUTDOWN_NOTICE = "the router is shutting down"  # the last line of streams still running when the drain ends
+ENDING_GRACE = 1.0  # seconds those streams get to write it
 
 
 class Daemon:
@@ -91,18 +93,20 @@ class Daemon:
         for site in list(self.runner.sites):
             await site.stop()
         await router.begin_shutdown()
-        left = await self._drain(router)
+        left = await self._drain(router, self.config.drain_timeout)
         if left:
-            log.warning("closing %d request(s) still in flight after the drain", left)
+            ended = router.pipeline.interrupt_streams(SHUTDOWN_NOTICE)
+            log.warning("closing %d request(s) still in flight after the drain (%d stream(s) told why)", left, ended)
+            await self._drain(router, ENDING_GRACE)  # time for those streams to write their last line
         await self.runner.cleanup()
         self.notifier.close()
         log.info("stopped")
 
-    async def _drain(self, router) -> int:
-        """Wait until no request is in flight, the drain timeout passes, or a second signal."""
+    async def _drain(self, router, seconds: float) -> int:
+        """Wait until no request is in flight, `seconds` pass, or a second signal."""
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout
+        deadline = loop.time() + seconds
         while router.active_requests and loop.time() < deadline and not self._stop_waiting.is_set():
             self.notifier.status(f"draining: {router.active_requests} request(s) in flight")
             try:

@@ -27,7 +27,7 @@ from .plans import Whole, plan_for
 from .poller import Poller
 from .sinks import Sink
 from .stream import BACKEND_FAILED, CLIENT_GONE, OK, Ending, pump
-from .upstream import BackendBusy, BackendUnreachable, describe, open_upstream
+from .upstream import BackendBusy, BackendUnreachable, IdleWatch, describe, open_upstream
 
 log = logging.getLogger("nomyo.exchange")
 MAX_ATTEMPTS = 3
@@ -45,6 +45,16 @@ class Pipeline:
         self.ledger = ledger
         self.poller = poller
         self.session = session
+        self.live: set[IdleWatch] = set()  # the streams being relayed now
+
+    def interrupt_streams(self, reason: str) -> int:
+        """End every stream being relayed with `reason` as its last line (the drain is over).
+        Returns how many there were."""
+
+        watches = list(self.live)
+        for watch in watches:
+            watch.interrupt(reason)
+        return len(watches)
 
     async def exchange(self, call: Call, sink: Sink) -> None:
         """Serve `call` into `sink`. Raises RouterError when no answer could be had and nothing
@@ -117,7 +127,7 @@ class Pipeline:
         try:
             await self._send(call, backend, sink)
         except RouterError as exc:
-            if exc.status == 502:  # the backend failed in a way no retry can fix now
+            if exc.status in TRANSPORT_STATUSES:  # the backend failed in a way no retry can fix now
                 outcome.kind = outcome.kind or "backend-failed"
                 self.poller.report_failure(backend, exc.message)
             raise
@@ -129,6 +139,18 @@ class Pipeline:
         if isinstance(prepared, Whole):  # the router answers for the backend (e.g. a load)
             await self._deliver(call, prepared, sink)
             return
+        if prepared.early:
+            await self._relay(call, backend, plan, prepared, sink)
+            return
+        limit = call.runtime.timing.response
+        try:  # a whole answer: one limit for all of it (its headers come only at its end)
+            async with asyncio.timeout(limit):
+                await self._relay(call, backend, plan, prepared, sink)
+        except TimeoutError:
+            raise RouterError(504, f"backend {backend.name} did not answer within {limit:g}s",
+                              code="backend_timeout") from None
+
+    async def _relay(self, call: Call, backend: Backend, plan, prepared, sink: Sink) -> None:
         try:
             upstream = await open_upstream(self.session, backend, "POST", prepared.path, prepared.body,
                                            prepared.headers, call.runtime.timing, early=prepared.early)
@@ -141,7 +163,8 @@ class Pipeline:
                 await self._deliver(call, await plan.whole(upstream), sink)
                 return
             try:
-                ending = await pump(upstream, framing, sink, call.outcome, call.runtime.timing.idle, backend.name)
+                ending = await pump(upstream, framing, sink, call.outcome, call.runtime.timing.idle, backend.name,
+                                    self.live)
             except asyncio.CancelledError:
                 settle(call.outcome, Ending(CLIENT_GONE), framing.counts())
                 raise

@@ -98,8 +98,12 @@ async def read_all(upstream: aiohttp.ClientResponse, backend: Backend) -> bytes:
         raise RouterError(502, f"backend {backend.name} failed mid-answer: {describe(exc)}") from None
 
 
-def not_json(backend: Backend) -> RouterError:
-    return RouterError(502, f"backend {backend.name} sent an answer that is not JSON")
+def not_json(backend: Backend, content_type: str | None = None) -> RouterError:
+    """A 200 that is not the JSON it should be (a captive portal's page, a misrouted proxy): the
+    backend's failure, not an answer to hand the client."""
+
+    what = f"a {content_type.split(';')[0]} page" if content_type else "an answer that is not JSON"
+    return RouterError(502, f"backend {backend.name} sent {what} instead of an answer")
 
 
 class OllamaRelay:
@@ -127,14 +131,16 @@ class OllamaRelay:
         headers = response_headers(upstream)
         if upstream.status >= 400:
             return Whole(upstream.status, headers, data, "backend-error")
-        if (upstream.headers.get("Content-Type", "").startswith("application/json")
-                and upstream.headers.get("Content-Encoding", "identity") == "identity"):
-            try:  # one parse checks the answer and reads its counts
-                answer = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise not_json(self.backend) from None
-            return Whole(upstream.status, headers, data, "ok", answer_counts(answer), answer_load_seconds(answer))
-        return Whole(upstream.status, headers, data, "ok", final_counts(data))
+        content_type = upstream.headers.get("Content-Type", "")
+        if not content_type.startswith("application/json"):
+            raise not_json(self.backend, content_type)
+        if upstream.headers.get("Content-Encoding", "identity") != "identity":
+            return Whole(upstream.status, headers, data, "ok", final_counts(data))
+        try:  # one parse checks the answer and reads its counts
+            answer = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise not_json(self.backend) from None
+        return Whole(upstream.status, headers, data, "ok", answer_counts(answer), answer_load_seconds(answer))
 
 
 class OpenAIRelay:
@@ -167,7 +173,9 @@ class OpenAIRelay:
 
         data = await read_all(upstream, self.backend)
         content_type = upstream.headers.get("Content-Type", JSON)
-        if upstream.status < 400 and content_type.startswith(JSON) and not is_json(data):
+        if upstream.status < 400 and not content_type.startswith(JSON):
+            raise not_json(self.backend, content_type)
+        if upstream.status < 400 and not is_json(data):
             raise not_json(self.backend)
         if upstream.status >= 400:
             if not is_error_object(data):

@@ -43,7 +43,8 @@ def build_fleet(config: Config, previous: Fleet | None = None) -> Fleet:
 
 
 def timing_of(config: Config) -> Timing:
-    return Timing(connect=config.connect_timeout, first_byte=config.first_byte_timeout, idle=config.idle_timeout)
+    return Timing(connect=config.connect_timeout, first_byte=config.first_byte_timeout, idle=config.idle_timeout,
+                  response=config.response_timeout)
 
 
 def build_runtime(config: Config, previous: Runtime | None = None) -> Runtime:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from .call import Outcome
+from .dialects.openai import LineTooLong
 from .framing import Framing
 from .sinks import Sink
 from .upstream import IdleWatch
@@ -24,6 +25,7 @@ OK = "ok"
 BACKEND_FAILED = "backend-failed-mid-stream"  # the connection broke, went silent, or ended short
 BACKEND_ERROR = "backend-error"  # the backend ended the stream with its own error line
 CLIENT_GONE = "client-disconnected"
+SHUT_DOWN = "shutdown"  # the drain ran out: the router ended the stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +38,15 @@ class Ending:
 
 
 async def pump(upstream: aiohttp.ClientResponse, framing: Framing, sink: Sink, outcome: Outcome,
-               idle: float, backend: str) -> Ending:
+               idle: float, backend: str, live: set[IdleWatch]) -> Ending:
     """Relay `upstream` to `sink` until it ends. A client that goes away ends it quietly (a
     cancelled handler raises on; the caller closes the upstream); a backend that breaks off or
-    stops short gets an error line in the client's dialect, as Ollama ends a failed run."""
+    stops short gets an error line in the client's dialect, as Ollama ends a failed run. While it
+    runs its watch is in `live`, where the drain can interrupt it."""
 
     await sink.open(upstream.status, framing.headers(upstream))
     watch = IdleWatch(upstream, idle)
+    live.add(watch)
     try:
         async for chunk in upstream.content.iter_any():
             out = framing.feed(chunk)
@@ -58,8 +62,14 @@ async def pump(upstream: aiohttp.ClientResponse, framing: Framing, sink: Sink, o
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         return Ending(CLIENT_GONE)
     except aiohttp.ClientError as exc:
+        if watch.interruption is not None:
+            await sink.close(framing.error_line(watch.interruption), complete=False)
+            return Ending(SHUT_DOWN, watch.interruption)
         return await _broken(sink, framing, backend, watch.reason(exc))
+    except LineTooLong as exc:
+        return await _broken(sink, framing, backend, str(exc))
     finally:
+        live.discard(watch)
         watch.stop()
     if framing.complete:
         await sink.close(complete=True)

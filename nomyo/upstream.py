@@ -32,6 +32,7 @@ USER_AGENT = f"nomyo-router/{__version__}"
 # URL, which is what Ollama's DNS-rebinding guard wants.
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "User-Agent", "OpenAI-Beta", "X-Request-Id")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding", "Retry-After")
+PARSER_CHECK = 1.0  # seconds between looks at whether a streaming answer's framing broke
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Timing:
     connect: float = 5.0
     first_byte: float = 600.0
     idle: float = 300.0
+    response: float = 1800.0  # a whole (non-streamed) answer, from sending to its last byte
     client_timeout: aiohttp.ClientTimeout = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -203,39 +205,70 @@ def describe(exc: BaseException, timeout: float | None = None) -> str:
 
 
 class IdleWatch:
-    """Closes an upstream answer that has been silent for `idle` seconds.
+    """Ends an upstream answer that has been silent for `idle` seconds, or whose framing broke.
 
     Costs a few attribute stores per chunk: a single timer checks the last touch and re-arms
     itself, instead of a timeout object rescheduled for every chunk of a 40k-chunks/s relay.
     The clock stands still while the relay waits for the client to take a chunk (`writing`):
-    a slow client is not a silent backend."""
+    a slow client is not a silent backend. The same timer looks, once a second, whether the
+    response parser gave up on the connection (a broken chunked encoding): aiohttp's C parser
+    then closes the connection but leaves the reader waiting, which would look like silence
+    until the idle limit. `interrupt` ends the answer for a reason of the router's own (the
+    drain is over)."""
 
-    __slots__ = ("_handle", "_loop", "fired", "idle", "last", "upstream", "writing")
+    __slots__ = ("_handle", "_loop", "broken", "fired", "idle", "interruption", "last", "upstream", "writing")
 
     def __init__(self, upstream: aiohttp.ClientResponse, idle: float):
         self._loop = asyncio.get_running_loop()
         self.upstream = upstream
         self.idle = idle
         self.fired = False
+        self.broken: str | None = None
+        self.interruption: str | None = None
         self.writing = False
         self.last = self._loop.time()
-        self._handle = self._loop.call_at(self.last + idle, self._check)
+        self._handle = self._loop.call_at(min(self.last + idle, self.last + PARSER_CHECK), self._check)
 
     def touch(self) -> None:
         self.last = self._loop.time()
 
     def _check(self) -> None:
+        now = self._loop.time()
         if self.writing:
-            self.last = self._loop.time()
-        deadline = self.last + self.idle
-        if self._loop.time() >= deadline:
+            self.last = now
+        failure = _parser_failure(self.upstream)
+        if failure is not None:
+            self.broken = f"its answer is not valid HTTP framing ({failure})"
+            self._end()
+        elif now >= self.last + self.idle:
             self.fired = True
-            self.upstream.close()  # the pending read fails; the relay ends the stream with an error
+            self._end()
         else:
-            self._handle = self._loop.call_at(deadline, self._check)
+            self._handle = self._loop.call_at(min(self.last + self.idle, now + PARSER_CHECK), self._check)
+
+    def interrupt(self, reason: str) -> None:
+        """End the answer now: the relay's pending read fails and the stream ends with `reason`."""
+
+        self.interruption = reason
+        self._handle.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        # the pending read fails; the relay ends the stream with an error
+        self.upstream.content.set_exception(aiohttp.ClientPayloadError("the answer was ended by the router"))
+        self.upstream.close()
 
     def stop(self) -> None:
         self._handle.cancel()
 
     def reason(self, exc: BaseException) -> str:
+        if self.broken is not None:
+            return self.broken
         return f"no data for {self.idle:g}s" if self.fired else describe(exc)
+
+
+def _parser_failure(upstream: aiohttp.ClientResponse) -> str | None:
+    connection = upstream.connection
+    protocol = connection.protocol if connection is not None else None
+    failure = protocol.exception() if protocol is not None else None
+    return None if failure is None else (getattr(failure, "message", None) or type(failure).__name__)

@@ -18,6 +18,7 @@ from nomyo.app import build_app
 from nomyo.config import Config, build_config
 from nomyo.keys import ROUTER
 from nomyo.router import Router
+from tests.daemon_process import DaemonProcess
 from tests.fakes.ollama_backend import FakeOllama
 
 
@@ -132,6 +133,23 @@ async def start_router(aiohttp_server):
     yield start
     for handle in running:
         await handle.settled()
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    """`await daemon(config_text, env=None)` runs the real `nomyo-router` process (listen and
+    fast polling are added to the text); all are stopped at the end."""
+
+    started: list[DaemonProcess] = []
+
+    async def start(config_text: str, env=None) -> DaemonProcess:
+        process = DaemonProcess(tmp_path / "config.yaml", env)
+        started.append(process)
+        return await process.start(config_text)
+
+    yield start
+    for process in started:
+        await process.stop()
 
 
 @pytest.fixture

@@ -11,24 +11,9 @@ import asyncio
 
 import aiohttp
 import orjson
-import pytest
 
 from tests.daemon_process import DaemonProcess
 from tests.test_signals import CHAT, endpoints
-
-
-@pytest.fixture
-async def daemon(tmp_path):
-    started: list[DaemonProcess] = []
-
-    async def start(config_text: str) -> DaemonProcess:
-        process = DaemonProcess(tmp_path / "config.yaml")
-        started.append(process)
-        return await process.start(config_text)
-
-    yield start
-    for process in started:
-        await process.stop()
 
 
 async def circuit(http: aiohttp.ClientSession, router: DaemonProcess, name: str) -> str:

@@ -21,27 +21,43 @@ from .fields import BOOL, INTEGER, LIST, NUMBER, OBJECT, OPENAI_MESSAGE, STRING,
 SSE = "text/event-stream"
 DONE = b"[DONE]"
 JSON = "application/json"
+MAX_SSE_LINE = 1 << 20  # an event is a few hundred bytes; a megabyte line is not SSE
 CHARS_PER_TOKEN = 4  # a rough estimate, used only when a backend reports no counts at all
+
+
+class LineTooLong(ValueError):
+    """A backend sent an SSE line longer than any real event: it is not speaking SSE."""
 
 
 class SSEParser:
     """Splits a byte stream into the `data` payloads of its events (WHATWG rules: `data:` lines,
-    a blank line ends an event, `:` comments and other fields ignored, LF or CRLF). Keeps only the
-    unfinished tail between feeds, so any chunking of the stream gives the same events."""
+    a blank line ends an event, `:` comments and other fields ignored, LF or CRLF). Only the
+    unfinished line is kept between feeds, as pieces, so any chunking of the stream gives the same
+    events and each byte is looked at once; a line over `max_line` bytes raises LineTooLong."""
 
-    __slots__ = ("_buffer", "_data")
+    __slots__ = ("_data", "_pending", "_pending_size", "max_line")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_line: int = MAX_SSE_LINE) -> None:
+        self.max_line = max_line
+        self._pending: list[bytes] = []  # the unfinished line, in pieces
+        self._pending_size = 0
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The payloads of the events completed by `chunk`."""
 
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
+        if b"\n" not in chunk:
+            self._hold(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        if self._pending:
+            lines[0] = b"".join(self._pending) + lines[0]
+            self._pending, self._pending_size = [], 0
+        self._hold(lines.pop())
         events = []
         for line in lines:
+            if len(line) > self.max_line:
+                raise LineTooLong(f"an SSE line over {self.max_line} bytes")
             line = line.removesuffix(b"\r")
             if not line:
                 if self._data:
@@ -52,11 +68,17 @@ class SSEParser:
                 self._data.append(value[1:] if value.startswith(b" ") else value)
         return events
 
+    def _hold(self, piece: bytes) -> None:
+        if piece:
+            self._pending_size += len(piece)
+            if self._pending_size > self.max_line:
+                raise LineTooLong(f"an SSE line over {self.max_line} bytes")
+            self._pending.append(piece)
+
     def close(self) -> list[bytes]:
         """An event the backend left unterminated when the stream ended (some servers do)."""
 
-        events = self.feed(b"\n\n") if self._buffer or self._data else []
-        return events
+        return self.feed(b"\n\n") if self._pending or self._data else []
 
 
 def sse_event(payload: bytes) -> bytes:
