@@ -14,6 +14,7 @@ import time
 from aiohttp import web
 
 from .keys import ROUTER
+from .logs import clipped
 
 log = logging.getLogger("nomyo.access")
 
@@ -83,9 +84,10 @@ def account(router, request: web.Request, record: AccessRecord, seconds: float) 
 
 
 def format_line(request: web.Request, record: AccessRecord, seconds: float) -> str:
-    parts = [request.method, request.path]
+    # client-chosen values are cut here so the fields after them survive (logs.py escapes)
+    parts = [clipped(request.method, 32), clipped(request.path, 512)]
     if record.model is not None:
-        parts.append(f"model={record.model}")
+        parts.append(f"model={clipped(record.model, 256)}")
     if record.backend is not None:
         parts.append(f"backend={record.backend}")
     parts.append(f"status={record.status if record.status is not None else '-'}")

@@ -68,12 +68,12 @@ def backend_path(backend: Backend, path: str) -> str:
 
 def upstream_headers(request: web.Request, backend: Backend, accept: str) -> dict[str, str]:
     """Headers for a call whose answer the router reads: uncompressed, JSON in, the backend's
-    own key as Bearer (never the client's)."""
+    own credentials (never the client's)."""
 
     headers = {"Content-Type": JSON, "Accept": accept, "Accept-Encoding": "identity"}
     headers |= {name: request.headers[name] for name in PASSED_HEADERS if name in request.headers}
-    if backend.config.api_key:
-        headers["Authorization"] = f"Bearer {backend.config.api_key}"
+    if backend.config.authorization:
+        headers["Authorization"] = backend.config.authorization
     return headers
 
 

@@ -38,8 +38,8 @@ def parse_expiry(value) -> float:
 
 
 def auth_headers(backend: Backend) -> dict[str, str]:
-    key = backend.config.api_key
-    return {"Authorization": f"Bearer {key}"} if key else {}
+    authorization = backend.config.authorization
+    return {"Authorization": authorization} if authorization else {}
 
 
 class Poller:

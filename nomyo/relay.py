@@ -41,9 +41,9 @@ TAIL = 1024  # bytes of a stream's end kept for its counts (they sit in the last
 def upstream_headers(request: web.Request, backend: Backend) -> dict[str, str]:
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     headers["Accept-Encoding"] = "identity"
-    key = backend.config.api_key
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    authorization = backend.config.authorization
+    if authorization:
+        headers["Authorization"] = authorization
     return headers
 
 

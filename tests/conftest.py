@@ -18,6 +18,7 @@ from nomyo.app import build_app
 from nomyo.config import Config, build_config
 from nomyo.keys import ROUTER
 from nomyo.router import Router
+from tests.daemon_process import DaemonProcess
 from tests.fakes.ollama_backend import FakeOllama
 
 
@@ -152,3 +153,21 @@ async def backends():
 async def http():
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def run_daemon(tmp_path):
+    """`await run_daemon(config_text, env=..., prefix=...)` starts the real `nomyo-router`
+    process (config in tmp_path, listening on a free port) and waits until it listens; every one
+    is killed at the end."""
+
+    started: list[DaemonProcess] = []
+
+    async def start(config_text: str, *, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
+        process = DaemonProcess(tmp_path / f"config-{len(started)}.yaml", env, prefix)
+        started.append(process)
+        return await process.start(config_text)
+
+    yield start
+    for process in started:
+        await process.stop()
