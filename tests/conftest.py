@@ -122,7 +122,8 @@ async def start_router(aiohttp_server):
     async def start(backends, **settings) -> RunningRouter:
         config = router_config(backends, **settings)
         app = build_app(config)
-        server = await aiohttp_server(app)  # TestServer runs with handler_cancellation=True
+        # TestServer runs with handler_cancellation=True; like the daemon, it never inflates bodies
+        server = await aiohttp_server(app, auto_decompress=False)
         handle = RunningRouter(url=str(server.make_url("")).rstrip("/"), router=app[ROUTER], config=config)
         running.append(handle)
         return handle
