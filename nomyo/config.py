@@ -50,8 +50,8 @@ class Config:
     endpoints: tuple[EndpointConfig, ...]
     listen_host: str = "127.0.0.1"
     listen_port: int = 12434
-    router_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    admin_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    router_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    admin_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     health_requires_key: bool = True
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()

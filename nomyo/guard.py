@@ -89,7 +89,7 @@ async def front_door_middleware(request: web.Request, handler) -> web.StreamResp
 
 @web.middleware
 async def body_middleware(request: web.Request, handler) -> web.StreamResponse:
-    if request.body_exists:
+    if request.body_exists and request.match_info.http_exception is None:  # 404 and 405 come first
         refused = _refused_body(request)
         if refused is not None:
             return refused
