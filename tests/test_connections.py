@@ -123,7 +123,7 @@ async def test_idle_and_slow_clients_are_cut_off(fakes, run_daemon, http):
 
 
 async def test_max_connections_makes_room_by_closing_idle_ones(fakes, run_daemon, http):
-    """At max_connections the longest-idle connection is closed for a new one, so real requests
+    """At max_connections the oldest idle connection is closed for a new one, so real requests
     get through 200 idle sockets against a limit of 50; when none is idle (every connection has
     begun a request) the new one is answered 503 and closed. One warning line per episode, however
 many connections it refuses or closes."""
