@@ -169,7 +169,13 @@ class GuardedRequestHandler(RequestHandler):
             self._keepalive_handle = None
 
     def _enter(self, phase: Phase, timeout: float) -> None:
+        """Start `phase` with its deadline. A later deadline reuses the pending timer (it
+        reschedules itself when it fires early); an earlier one needs a new timer."""
+
         self._phase, self._deadline, self._received = phase, self._loop.time() + timeout, False
+        if self._timer is not None and self._timer.when() > self._deadline:
+            self._timer.cancel()
+            self._timer = None
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
 

@@ -19,6 +19,7 @@ request body, and inflating is how 98 KiB become 99 MiB), and a `Content-Length`
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 
@@ -34,6 +35,7 @@ STREAMED_PREFIXES = ("/api/blobs/",)  # bodies streamed through, not bound by ma
 LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback(address: str) -> bool:
     try:
         return ipaddress.ip_address(address).is_loopback
@@ -52,6 +54,7 @@ def host_name(header: str) -> str:
     return host.rstrip(".")
 
 
+@functools.lru_cache(maxsize=1024)
 def is_local_name(name: str) -> bool:
     try:
         address = ipaddress.ip_address(name)

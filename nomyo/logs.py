@@ -29,6 +29,8 @@ CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 def escaped(text: str) -> str:
     """`text` with every control character written as `\\xNN` (or `\\uNNNN`)."""
 
+    if CONTROL.search(text) is None:  # the usual case, and the cheap one
+        return text
     return CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
