@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .call import Outcome
 from .keys import ROUTER
+from .logs import clipped
 from .metrics import route_of
 
 log = logging.getLogger("nomyo.access")
@@ -64,9 +65,10 @@ def write_line(method: str, path: str, outcome: Outcome, seconds: float) -> None
 
 
 def format_line(method: str, path: str, outcome: Outcome, seconds: float) -> str:
-    parts = [method, path]
+    # client-chosen values are cut here so the fields after them survive (logs.py escapes)
+    parts = [clipped(method, 32), clipped(path, 512)]
     if outcome.model is not None:
-        parts.append(f"model={outcome.model}")
+        parts.append(f"model={clipped(outcome.model, 256)}")
     if outcome.backend is not None:
         parts.append(f"backend={outcome.backend}")
     parts.append(f"status={outcome.status if outcome.status is not None else '-'}")

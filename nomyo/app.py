@@ -17,6 +17,7 @@ from .auth import auth_middleware
 from .config import Config
 from .cors import allow_origin
 from .errors import RouterError, error_response, is_openai_path, render
+from .guard import body_middleware, front_door_middleware
 from .handlers import fleet, models, monitor, ollama, openai
 from .keys import ROUTER
 from .router import Router
@@ -67,7 +68,8 @@ def build_app(config: Config, router: Router | None = None) -> web.Application:
     """The application for `config`. The router starts and stops with the app."""
 
     app = web.Application(
-        middlewares=[access_log_middleware, auth_middleware, error_middleware],
+        middlewares=[access_log_middleware, front_door_middleware, auth_middleware, error_middleware,
+                     body_middleware],
         client_max_size=config.max_body_size,
     )
     app.on_response_prepare.append(allow_origin)

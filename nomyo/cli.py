@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 
 from . import __version__
-from .config import ConfigError, load_config_or_default, parse_listen, resolve_config_path
+from .config import ConfigError, load_config, load_config_or_default, parse_listen, resolve_config_path
 from .logs import setup_logging
 
 
@@ -31,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     path = resolve_config_path(args.check_config or args.config)
     try:
-        config = load_config_or_default(path)
+        # a missing default file means the defaults when serving, but a check has nothing to check
+        config = load_config(path) if args.check_config is not None else load_config_or_default(path)
     except ConfigError as exc:
         print(f"nomyo-router: {exc}", file=sys.stderr)
         return 2 if args.check_config is None else 1
@@ -62,7 +64,8 @@ def _run(config) -> int:
     try:
         return uvloop.run(serve())
     except OSError as exc:
-        print(f"nomyo-router: cannot listen on {config.listen}: {exc.strerror or exc}", file=sys.stderr)
+        reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc)
+        print(f"nomyo-router: cannot listen on {config.listen}: {reason}", file=sys.stderr)
         return 1
 
 

@@ -7,8 +7,7 @@ names the file, the line and the key, because that is what an operator editing
 
 Two forms are accepted in one file: the original NOMYO Router's (`endpoints:` as a list of URLs,
 `max_concurrent_connections`, `api_keys`, `llama_server_endpoints`, `nomyo-router-api-key`) and a
-richer per-endpoint form (mappings with `name`, `url`, `type`, their own slot limit, per-model
-slot overrides and `api_key`).
+richer per-endpoint form (see endpoint_config.py).
 """
 
 from __future__ import annotations
@@ -20,18 +19,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from .names import normalize_model
-from .yaml_fields import ConfigError, FieldReader, ListItem, expand_env
+from .endpoint_config import ENDPOINT_TYPES, EndpointBuilder, EndpointConfig
+from .yaml_fields import ConfigError, FieldReader, expand_env
+
+__all__ = ["ENDPOINT_TYPES", "Config", "ConfigError", "EndpointConfig", "build_config", "load_config"]
 
 DEFAULT_CONFIG_PATH = "/etc/nomyo/config.yaml"
 DEFAULT_LISTEN = "127.0.0.1:12434"
 DEFAULT_DB_PATH = "/var/lib/nomyo/usage.db"
-ENDPOINT_TYPES = ("ollama", "openai", "llama-server")
 
 # Keys of the original router that have no meaning here; accepted so an existing file keeps
 # working, and reported once as ignored.
@@ -44,26 +43,6 @@ IGNORED_ORIGINAL_KEYS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
-class EndpointConfig:
-    """One backend server as configured."""
-
-    name: str
-    url: str
-    type: str = "ollama"
-    max_concurrent_connections: int = 1
-    model_slots: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-    api_key: str | None = None
-
-    def slots_for(self, model: str) -> int:
-        """Slots for one endpoint-model pair: the per-model override, else the endpoint's."""
-        return self.model_slots.get(model, self.max_concurrent_connections)
-
-    @property
-    def is_ollama(self) -> bool:
-        return self.type == "ollama"
-
-
-@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration. Built by `load_config`; never mutated."""
 
@@ -71,7 +50,15 @@ class Config:
     endpoints: tuple[EndpointConfig, ...]
     listen_host: str = "127.0.0.1"
     listen_port: int = 12434
-    router_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    router_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    admin_api_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    health_requires_key: bool = True
+    allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 4096
     poll_interval: float = 2.0
     poll_timeout: float = 2.0
     queue_timeout: float = 300.0
@@ -100,135 +87,6 @@ class Config:
         return f"{host}:{self.listen_port}"
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading values with their position, so every error can say file:line: key
-
-
-def guess_type(url: str, plain_urls: list[str]) -> str:
-    """The original's URL-based guess, used only for plain URL lists: `/v1` means OpenAI-compatible
-    unless the same host is also listed without `/v1` or it is on Ollama's default port."""
-
-    if "/v1" not in url:
-        return "ollama"
-    if url.replace("/v1", "") in plain_urls or ":11434" in url:
-        return "ollama"
-    return "openai"
-
-
-def _validate_url(reader: FieldReader, key: str, url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(key, f"must be an http:// or https:// URL, got {url!r}")
-    try:
-        _ = parts.port  # urlsplit validates the port lazily
-    except ValueError:
-        raise reader.error(key, f"has an invalid port: {url!r}") from None
-    return url.rstrip("/")
-
-
-def _default_name(url: str) -> str:
-    parts = urlsplit(url)
-    name = parts.netloc
-    path = parts.path.rstrip("/")
-    return f"{name}{path}" if path else name
-
-
-ENDPOINT_KEYS = frozenset({"name", "url", "type", "max_concurrent_connections", "model_slots", "api_key"})
-
-
-class _EndpointBuilder:
-    """Turns the `endpoints` and `llama_server_endpoints` lists into EndpointConfig values."""
-
-    def __init__(self, top: FieldReader, warnings: list[str]):
-        self.top = top
-        self.path = top.path
-        self.warnings = warnings
-        self.default_slots = top.number("max_concurrent_connections", 1, kind=int, minimum=1)
-        self.api_keys = self._read_api_keys()
-
-    def _read_api_keys(self) -> dict[str, str | None]:
-        keys = self.top.child("api_keys", dict, "mapping of endpoint URL to key")
-        if not keys:
-            return {}
-        reader = FieldReader(self.path, keys, "api_keys.")
-        result = {}
-        for url, value in keys.items():
-            if not isinstance(value, str):
-                raise reader.error(str(url), "must be a string")
-            result[str(url).rstrip("/")] = expand_env(value, reader, str(url), self.warnings)
-        return result
-
-    def build(self) -> tuple[EndpointConfig, ...]:
-        plain = self._items("endpoints")
-        llama = self._items("llama_server_endpoints")
-        plain_urls = [item.rstrip("/") for _, item, _ in plain + llama if isinstance(item, str)]
-        endpoints = [self._one(r, i, item, None, plain_urls) for r, item, i in plain]
-        endpoints += [self._one(r, i, item, "llama-server", plain_urls) for r, item, i in llama]
-        self._check_unique(endpoints)
-        for url in self.api_keys:
-            if url not in {e.url for e in endpoints}:
-                self.warnings.append(f"{self.path}: api_keys: {url!r} matches no endpoint")
-        return tuple(endpoints)
-
-    def _items(self, key: str) -> list[tuple[FieldReader, Any, int]]:
-        items = self.top.child(key, list, "list")
-        if items is None:
-            return []
-        reader = FieldReader(self.path, items, f"{key}")
-        return [(reader, item, index) for index, item in enumerate(items)]
-
-    def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig:
-        label = f"{reader.where}[{index}]"
-        if isinstance(item, str):
-            position = ListItem(self.path, reader.node, index, label)
-            url = _validate_url(position, "", item)
-            return EndpointConfig(
-                name=_default_name(url),
-                url=url,
-                type=forced_type or guess_type(url, plain_urls),
-                max_concurrent_connections=self.default_slots,
-                api_key=self.api_keys.get(url),
-            )
-        if not isinstance(item, dict):
-            raise ListItem(self.path, reader.node, index, label).error("", "must be a URL or a mapping")
-        return self._mapping(FieldReader(self.path, item, f"{label}."), forced_type)
-
-    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig:
-        r.check_keys(ENDPOINT_KEYS)
-        url = r.string("url")
-        if not url:
-            raise r.error("url", "is required")
-        url = _validate_url(r, "url", url)
-        kind = r.string("type", forced_type or "ollama", choices=ENDPOINT_TYPES)
-        key = r.string("api_key")
-        api_key = expand_env(key, r, "api_key", self.warnings) if key else self.api_keys.get(url)
-        return EndpointConfig(
-            name=r.string("name") or _default_name(url),
-            url=url,
-            type=kind,
-            max_concurrent_connections=r.number(
-                "max_concurrent_connections", self.default_slots, kind=int, minimum=1
-            ),
-            model_slots=MappingProxyType(self._model_slots(r)),
-            api_key=api_key,
-        )
-
-    def _model_slots(self, r: FieldReader) -> dict[str, int]:
-        node = r.child("model_slots", dict, "mapping of model name to slots")
-        if not node:
-            return {}
-        inner = FieldReader(self.path, node, f"{r.where}model_slots.")
-        return {normalize_model(str(m)): inner.number(m, 1, kind=int, minimum=1) for m in node}
-
-    def _check_unique(self, endpoints: list[EndpointConfig]) -> None:
-        seen: dict[str, str] = {}
-        for endpoint in endpoints:
-            if endpoint.name in seen:
-                raise ConfigError(
-                    f"{self.path}: endpoints: two endpoints are named {endpoint.name!r} "
-                    f"({seen[endpoint.name]} and {endpoint.url}); give them distinct `name`s"
-                )
-            seen[endpoint.name] = endpoint.url
 
 
 TOP_KEYS = frozenset(
@@ -240,6 +98,8 @@ TOP_KEYS = frozenset(
         "keepalive_interval", "drain_timeout", "max_body_size", "routing_policy",
         "cold_load_spread", "breaker_threshold", "breaker_cooldown",
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
+        "admin_api_keys", "health_requires_key", "allowed_origins", "allowed_hosts",
+        "client_header_timeout", "client_body_timeout", "keepalive_timeout", "max_connections",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -255,6 +115,22 @@ def parse_listen(value: str) -> tuple[str, int]:
     return match["v6"] or match["host"] or "0.0.0.0", int(match["port"])
 
 
+def _named_keys(top: FieldReader, key: str, warnings: list[str]) -> dict[str, str]:
+    """A mapping of caller name -> key (`router_api_keys`, `admin_api_keys`), ${VAR} expanded."""
+
+    keys: dict[str, str] = {}
+    named = top.child(key, dict, "mapping of caller name to key")
+    if named:
+        reader = FieldReader(top.path, named, f"{key}.")
+        for name, value in named.items():
+            if not isinstance(value, str) or not value:
+                raise reader.error(str(name), "must be a non-empty string")
+            expanded = expand_env(value, reader, str(name), warnings)
+            if expanded:
+                keys[str(name)] = expanded
+    return keys
+
+
 def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
     keys: dict[str, str] = {}
     single = top.string("nomyo-router-api-key")
@@ -262,19 +138,40 @@ def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
         expanded = expand_env(single, top, "nomyo-router-api-key", warnings)
         if expanded:
             keys["default"] = expanded
-    named = top.child("router_api_keys", dict, "mapping of caller name to key")
-    if named:
-        reader = FieldReader(top.path, named, "router_api_keys.")
-        for name, value in named.items():
-            if not isinstance(value, str) or not value:
-                raise reader.error(str(name), "must be a non-empty string")
-            expanded = expand_env(value, reader, str(name), warnings)
-            if expanded:
-                keys[str(name)] = expanded
+    keys.update(_named_keys(top, "router_api_keys", warnings))
     env_key = os.environ.get("NOMYO_ROUTER_API_KEY")
     if env_key:
         keys.setdefault("default", env_key)
     return keys
+
+
+def _front_door(top: FieldReader, warnings: list[str]) -> dict[str, Any]:
+    """Who may call (keys, origins, hosts) and how long a client may hold a connection."""
+
+    return {
+        "router_api_keys": MappingProxyType(_router_keys(top, warnings)),
+        "admin_api_keys": MappingProxyType(_named_keys(top, "admin_api_keys", warnings)),
+        "health_requires_key": top.flag("health_requires_key", True),
+        "allowed_origins": top.strings("allowed_origins"),
+        "allowed_hosts": top.strings("allowed_hosts"),
+        "client_header_timeout": top.number("client_header_timeout", 60.0, minimum=0.1),
+        "client_body_timeout": top.number("client_body_timeout", 60.0, minimum=0.1),
+        "keepalive_timeout": top.number("keepalive_timeout", 75.0, minimum=0),
+        "max_connections": top.number("max_connections", 4096, kind=int, minimum=16),
+    }
+
+
+def _require_endpoints(top: FieldReader, endpoints: tuple[EndpointConfig, ...]) -> None:
+    """A router without backends cannot answer anything: that is a mistake, not a setting."""
+
+    if endpoints:
+        return
+    if not top.node:
+        raise ConfigError(f"{top.path}: the configuration is empty: list at least one backend URL under "
+                          f"`endpoints:` (e.g. `endpoints: [http://127.0.0.1:11434]`)")
+    raise top.error("endpoints" if "endpoints" in top.node else None,
+                    "no backends configured: list at least one backend URL under `endpoints:` "
+                    "(or `llama_server_endpoints:`)")
 
 
 def build_config(data: Any, path: str) -> Config:
@@ -286,18 +183,19 @@ def build_config(data: Any, path: str) -> Config:
         raise ConfigError(f"{path}:1: config: the top level must be a mapping of keys")
     top = FieldReader(path, data)
     warnings = top.check_keys(TOP_KEYS, IGNORED_ORIGINAL_KEYS)
-    endpoints = _EndpointBuilder(top, warnings).build()
+    endpoints = EndpointBuilder(top, warnings).build()
     listen = top.string("listen", DEFAULT_LISTEN)
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
         raise top.error("listen", str(exc)) from None
+    front_door = _front_door(top, warnings)
+    _require_endpoints(top, endpoints)
     return Config(
         path=path,
         endpoints=endpoints,
         listen_host=host,
         listen_port=port,
-        router_api_keys=MappingProxyType(_router_keys(top, warnings)),
         poll_interval=top.number("poll_interval", 2.0, minimum=0.1),
         poll_timeout=top.number("poll_timeout", 2.0, minimum=0.1),
         queue_timeout=top.number("queue_timeout", 300.0, minimum=0),
@@ -320,6 +218,7 @@ def build_config(data: Any, path: str) -> Config:
         usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
         warnings=tuple(warnings),
+        **front_door,
     )
 
 

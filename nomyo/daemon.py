@@ -3,7 +3,9 @@
 SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (up to
 `drain_timeout`), then close the rest and flush; a second signal stops waiting at once.
 SIGHUP: re-read the configuration; a bad file leaves the running one in place, its error logged.
-systemd hears about each step through sd_notify.
+A SIGHUP during a reload schedules one more reload after it (however many arrive), so the file
+on disk at the last SIGHUP is always the one applied. systemd hears about each step through
+sd_notify.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from .app import build_app
 from .config import Config, ConfigError, load_config
+from .connections import GuardedRunner, Limits, raise_file_limit
 from .keys import ROUTER
 from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
@@ -34,19 +37,30 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.app = build_app(config)
-        # Draining is ours (see shutdown); aiohttp only closes what is left after it.
-        self.runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        # Draining is ours (see shutdown); aiohttp only closes what is left after it. Request
+        # bodies are never inflated (a compressed body is refused: guard.py).
+        self.runner = GuardedRunner(self.app, Limits.of(config), handler_cancellation=True, access_log=None,
+                                    shutdown_timeout=1.0, auto_decompress=False)
         self._stop_requests = 0
         self._stop_waiting = asyncio.Event()
         self._stopping = asyncio.Event()
         self._reloading: asyncio.Task | None = None
+        self._reload_again = False
+        self._listen_asked = (config.listen_host, config.listen_port)
+        self._file_limit = 0
         self._watchdog: asyncio.Task | None = None
 
     async def start(self) -> None:
+        self._file_limit = raise_file_limit()
+        self.runner.apply(Limits.of(self.config).within(self._file_limit))
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.listen_host, self.config.listen_port,
                            backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await self.runner.cleanup()  # the router's session and tasks, before the error is told
+            raise
         for warning in self.config.warnings:
             log.warning("%s", warning)
         log.info("listening on http://%s with %d backends", self.config.listen, len(self.config.endpoints))
@@ -116,8 +130,18 @@ class Daemon:
         return router.active_requests
 
     def _schedule_reload(self) -> None:
+        """SIGHUP: reload now, or once more after the reload under way (coalesced)."""
+
         if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self.reload())
+            self._reloading = asyncio.create_task(self._reload_until_current())
+        else:
+            self._reload_again = True
+
+    async def _reload_until_current(self) -> None:
+        self._reload_again = True
+        while self._reload_again:
+            self._reload_again = False
+            await self.reload()
 
     async def reload(self) -> bool:
         """Re-read the configuration file and swap it in; keep the old one on any error."""
@@ -132,12 +156,25 @@ class Daemon:
             log.error("reload failed, keeping the running configuration: %s", exc)
             self.notifier.ready(f"reload failed, running the previous configuration: {exc}")
             return False
+        config = self._keep_listening(config)
         changed = await self.app[ROUTER].reload(config)
+        self.runner.apply(Limits.of(config).within(self._file_limit))
         set_level(config.log_level)
         for warning in config.warnings:
             log.warning("%s", warning)
-        self.config = replace(config, listen_host=self.config.listen_host, listen_port=self.config.listen_port)
+        self.config = config
         summary = "; ".join(changed) if changed else "nothing changed"
         log.info("configuration reloaded from %s: %s", self.config_path, summary)
         self.notifier.ready(self._status())
         return True
+
+    def _keep_listening(self, config: Config) -> Config:
+        """`config` with the address the daemon really serves on (changing it takes a restart),
+        so logs, /api/config and sd_notify keep telling the truth; one warning per change."""
+
+        asked, serving = (config.listen_host, config.listen_port), (self.config.listen_host, self.config.listen_port)
+        if asked != self._listen_asked and asked != serving:
+            log.warning("listen changed to %s in %s: that takes a restart; still serving on %s",
+                        config.listen, self.config_path, self.config.listen)
+        self._listen_asked = asked
+        return replace(config, listen_host=serving[0], listen_port=serving[1])

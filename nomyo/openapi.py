@@ -67,6 +67,8 @@ ENDPOINTS = typed("array", "string", items=STR, description="router extension: t
                                                           "run on; default every healthy Ollama backend")
 PROMPTS = typed("string", "array", items=STR)
 TEXTS = typed("string", "array", items=passed("a text, or token ids"))
+TOOL_CALLS = array(obj({"function": obj({"name": STR, "arguments": passed("an object (Ollama) or a JSON string "
+                                                                       "(OpenAI)")})}))
 TOOLS = array(obj({"type": STR, "function": typed("object", description="`name`, `description`, `parameters` (a "
                                                                         "JSON schema)")},
                   "type", "function"))
@@ -89,7 +91,7 @@ SCHEMAS: dict[str, dict] = {
                                       "code": typed("string", "integer", "null")}, "message", "type")}, "error"),
     # Ollama requests
     "Message": obj({"role": typed("string", description="system, user, assistant or tool"), "content": STR,
-                    "thinking": STR, "images": array(STR, description="base64"), "tool_calls": array(OBJ),
+                    "thinking": STR, "images": array(STR, description="base64"), "tool_calls": TOOL_CALLS,
                     "tool_name": STR, "tool_call_id": STR}, "role"),
     "ChatRequest": obj({"model": MODEL, "messages": array(ref("Message"), description="empty or absent: load "
                                                           "the model (with keep_alive 0: unload it)"),
@@ -111,7 +113,7 @@ SCHEMAS: dict[str, dict] = {
     "DeleteRequest": obj({"model": MODEL, "endpoints": ENDPOINTS}, "model"),
     # OpenAI requests
     "ChatMessage": obj({"role": STR, "content": typed("string", "array", "null", items=OBJ), "name": STR,
-                        "tool_calls": array(OBJ), "tool_call_id": STR}, "role"),
+                        "tool_calls": TOOL_CALLS, "tool_call_id": STR}, "role"),
     "ChatCompletionRequest": obj({"model": MODEL, "messages": array(ref("ChatMessage"), minItems=1),
                                   "max_completion_tokens": COUNT, "tools": TOOLS,
                                   "tool_choice": typed("string", "object"), "response_format": OBJ, "logprobs": BOOL,
@@ -194,7 +196,9 @@ def op(summary: str, tag: str, answer: str | dict | None = None, *, body: str | 
             ok["content"][stream] = {"schema": schema}
             ok["description"] = f"success; streamed as {stream}, one object per line or event"
     guarded = extra.get("security") != []  # (open routes need no key, so cannot refuse one)
-    codes = sorted({*errors} | ({401, 403} if guarded else set()) | ({413} if body else set()))
+    # 403 everywhere: a foreign Origin or (on loopback) a non-local Host; 415/413/408: a body
+    # compressed, too large, or stalled
+    codes = sorted({*errors, 403} | ({401} if guarded else set()) | ({408, 413, 415} if body else set()))
     operation = {"summary": summary, "tags": [tag], "responses": {status: ok, **error_refs(dialect, codes)}, **extra}
     if body:
         operation["requestBody"] = {"required": not optional_body, "content": {JSON: {"schema": ref(body)}}}
@@ -308,9 +312,13 @@ errors as `{"error": {"message", "type", "param", "code"}}`. An unknown route is
 found` and a wrong method `405 method not allowed` (text/plain) on native paths, an OpenAI error
 object under `/v1`. The router key (`Authorization: Bearer <key>` or `?api_key=<key>`) is required
 on every route but `/` and `/static/*` when `router_api_keys` is configured, and nowhere when it
-is not. A body over `max_body_size` is a 413, one nested deeper than 128 levels a 400. In request
-schemas, typed properties (at the top level and in the elements of top-level arrays) are checked by
-the router before routing; untyped, unlisted and deeper ones are passed to the backend as sent."""
+is not; with `admin_api_keys` configured, the model management routes and the usage roll-up need an
+admin key (403 for a router key). A request from a browser page whose `Origin` is not allowed, or
+(while the router listens on loopback) with a `Host` that is not local, is a 403. A body with a
+`Content-Encoding` is a 415, one over `max_body_size` a 413, one whose sending stalls a 408, one
+nested deeper than 128 levels a 400. In request schemas, typed properties (at the top level, in
+the elements of top-level arrays, and in their tool calls) are checked by the router before
+routing; untyped, unlisted and deeper ones are passed to the backend as sent."""
 
 
 def build() -> dict:

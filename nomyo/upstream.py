@@ -97,9 +97,9 @@ def request_headers(backend: Backend, forwarded: Mapping[str, str] | None = None
         headers["Accept"] = accept
     headers.setdefault("User-Agent", USER_AGENT)
     headers["Accept-Encoding"] = "identity"
-    key = backend.config.api_key
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    authorization = backend.config.authorization  # the api_key as Bearer, or the URL's credentials
+    if authorization:
+        headers["Authorization"] = authorization
     return headers
 
 

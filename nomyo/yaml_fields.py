@@ -72,6 +72,25 @@ class FieldReader:
             raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def flag(self, key: str, default: bool) -> bool:
+        if key not in self.node or self.node[key] is None:
+            return default
+        value = self.node[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"must be true or false, got {value!r}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        """A list of non-empty strings (a single string counts as a list of one)."""
+
+        value = self.node.get(key)
+        if value is None:
+            return ()
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+            raise self.error(key, "must be a list of non-empty strings")
+        return tuple(item.strip() for item in items)
+
     def child(self, key: str, kind: type, kind_name: str):
         value = self.node.get(key)
         if value is None:

@@ -125,7 +125,8 @@ async def start_router(aiohttp_server):
         app = build_app(config)
         if prepare_app is not None:
             prepare_app(app)
-        server = await aiohttp_server(app)  # TestServer runs with handler_cancellation=True
+        # TestServer runs with handler_cancellation=True; like the daemon, it never inflates bodies
+        server = await aiohttp_server(app, auto_decompress=False)
         handle = RunningRouter(url=str(server.make_url("")).rstrip("/"), router=app[ROUTER], config=config)
         running.append(handle)
         return handle
@@ -137,13 +138,15 @@ async def start_router(aiohttp_server):
 
 @pytest.fixture
 async def daemon(tmp_path):
-    """`await daemon(config_text, env=None)` runs the real `nomyo-router` process (listen and
-    fast polling are added to the text); all are stopped at the end."""
+    """`await daemon(config_text, env=..., prefix=...)` starts the real `nomyo-router` process
+    (config in tmp_path, listening on a free port, fast polling) and waits until it listens;
+    every one is stopped at the end."""
 
     started: list[DaemonProcess] = []
 
-    async def start(config_text: str, env=None) -> DaemonProcess:
-        process = DaemonProcess(tmp_path / "config.yaml", env)
+    async def start(config_text: str, env: dict[str, str] | None = None, *, prefix: tuple[str, ...] = ()):
+        name = "config.yaml" if not started else f"config-{len(started)}.yaml"
+        process = DaemonProcess(tmp_path / name, env, prefix)
         started.append(process)
         return await process.start(config_text)
 

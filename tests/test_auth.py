@@ -105,3 +105,61 @@ async def test_backend_keys_are_sent_but_never_logged(fakes, start_router, http,
     sent = [r.headers.get("Authorization") for r in a.requests if r.path == "/api/generate"]
     assert sent == ["Bearer backend-secret-123"]
     assert "backend-secret-123" not in caplog.text
+
+
+async def test_admin_keys_guard_the_management_routes(fakes, start_router, http):
+    """With admin keys configured, a router key serves models but cannot pull, push, create,
+    copy, delete, upload blobs or trim the usage history: 403 there (401 without a key). An
+    admin key opens everything, and the access log names its holder."""
+
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([a], router_api_keys={"app": KEY}, admin_api_keys={"ops": "adm1n-key"})
+    user, admin = {"Authorization": f"Bearer {KEY}"}, {"Authorization": "Bearer adm1n-key"}
+    digest = "sha256:" + "0" * 64
+    management = [("POST", "/api/pull", {"model": "llama3"}), ("POST", "/api/push", {"model": "llama3"}),
+                  ("POST", "/api/create", {"model": "x", "from": "llama3"}),
+                  ("POST", "/api/copy", {"source": "llama3", "destination": "y"}),
+                  ("DELETE", "/api/delete", {"model": "y"}), ("HEAD", f"/api/blobs/{digest}", None),
+                  ("POST", f"/api/blobs/{digest}", None), ("POST", "/api/aggregate_time_series_days", {"days": 30})]
+    for method, path, body in management:
+        for headers, status in (({}, 401), (user, 403)):
+            async with http.request(method, router.url + path, json=body, headers=headers) as resp:
+                assert resp.status == status, (method, path)
+                if method != "HEAD" and status == 403:
+                    assert (await resp.json())["error"] == "this route needs an admin key (admin_api_keys)"
+    assert not [r for r in a.requests if r.method != "GET"]
+    for path in ("/api/tags", "/api/ps_details", "/metrics"):
+        for headers in (user, admin):
+            async with http.get(router.url + path, headers=headers) as resp:
+                assert resp.status == 200, path
+    copy = {"source": "llama3", "destination": "y"}
+    async with http.post(router.url + "/api/copy", json=copy, headers=admin) as resp:
+        assert resp.status == 200
+    async with http.delete(router.url + "/api/delete", json={"model": "y"}, headers=admin) as resp:
+        assert resp.status == 200
+    async with http.get(router.url + "/metrics", headers=admin) as resp:
+        assert 'nomyo_caller_requests_total{caller="ops"}' in await resp.text()
+
+
+async def test_admin_keys_alone_leave_the_other_routes_open(fakes, start_router, http):
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([a], admin_api_keys={"ops": "adm1n-key"})
+    async with http.get(router.url + "/api/tags") as resp:
+        assert resp.status == 200
+    async with http.delete(router.url + "/api/delete", json={"model": "llama3"}) as resp:
+        assert resp.status == 401
+    async with http.delete(router.url + "/api/delete", json={"model": "llama3"},
+                           headers={"Authorization": "Bearer nope"}) as resp:
+        assert resp.status == 403 and (await resp.json())["error"] == "invalid API key"
+
+
+async def test_health_may_be_open_for_load_balancer_probes(fakes, start_router, http):
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await start_router([a], router_api_keys={"app": KEY}, health_requires_key=False)
+    async with http.get(router.url + "/health") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ok"
+    async with http.head(router.url + "/health") as resp:
+        assert resp.status == 200
+    for path in ("/api/config", "/metrics", "/api/tags"):
+        async with http.get(router.url + path) as resp:
+            assert resp.status == 401, path

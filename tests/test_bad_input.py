@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
+import zlib
+
 import ollama
 import orjson
 import pytest
+
+from tests.fakes.openai_backend import FakeOpenAI
+from tests.test_openai_api import endpoint
 
 INFERENCE = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings")
 
@@ -87,3 +94,114 @@ async def test_the_real_client_sees_the_error_text(setup):
     with pytest.raises(ollama.ResponseError) as info:
         await ollama.AsyncClient(host=router.url).generate(model="missing-model", prompt="hi")
     assert (info.value.status_code, info.value.error) == (404, "model 'missing-model' not found")
+
+
+async def raw_exchange(url: str, head: bytes, timeout: float = 10.0) -> bytes:
+    """Send `head` (request line, headers, maybe some body) and read what comes back until the
+    router closes the connection or answers fully."""
+
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), timeout)
+    finally:
+        writer.close()
+
+
+async def test_a_claimed_length_over_the_limit_is_refused_before_the_body(setup):
+    """A client announces 200 MB and sends 10 bytes of it: the 413 comes at once, in Ollama's
+    words, and the connection is closed, without waiting for (or reading) the rest."""
+
+    router, a = setup
+    for path in ("/api/chat", "/v1/chat/completions"):
+        answer = await raw_exchange(router.url, f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    "Content-Type: application/json\r\nContent-Length: 200000000\r\n\r\n"
+                                    '{"model":'.encode())
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head
+        error = orjson.loads(body)["error"]
+        assert (error if path == "/api/chat" else error["message"]) == "request body too large"
+    assert inference_requests(a) == []
+
+
+async def test_a_chunked_body_stops_at_the_limit(setup, http):
+    router, a = setup
+
+    async def chunks():
+        yield b'{"model": "llama3", "prompt": "'
+        for _ in range(100):
+            yield b"x" * 1000
+
+    async with http.post(router.url + "/api/generate", data=chunks()) as resp:
+        assert resp.status == 413
+    assert inference_requests(a) == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "gzip, identity", "x-unknown"])
+async def test_compressed_request_bodies_are_refused_415(setup, http, encoding):
+    """Ollama never inflates a request body; neither does the router (a 98 KiB gzip of zeros is
+    99 MiB). Answered 415 in the route's dialect, with Accept-Encoding: identity."""
+
+    router, a = setup
+    body = gzip.compress(orjson.dumps({"model": "llama3", "prompt": "hi", "stream": False}))
+    for path in ("/api/generate", "/v1/completions"):
+        async with http.post(router.url + path, data=body, headers={"Content-Encoding": encoding}) as resp:
+            assert resp.status == 415 and resp.headers["Accept-Encoding"] == "identity"
+            error = (await resp.json())["error"]
+            assert (error if path == "/api/generate" else error["message"]).startswith(
+                "compressed request bodies are not supported")
+    async with http.post(router.url + "/api/generate", data=zlib.decompress(body, 31),
+                         headers={"Content-Encoding": "identity"}) as resp:
+        assert resp.status == 200
+    assert len(inference_requests(a)) == 1
+
+
+@pytest.mark.parametrize("calls", [[{"function": "x"}], ["x"], [{"function": {"name": 7}}], {"function": {}}])
+async def test_malformed_tool_calls_are_a_400_before_routing(backends, start_router, http, calls):
+    """`tool_calls: [{"function": "x"}]` once raised AttributeError (500 and a traceback) when the
+    chat was translated for an OpenAI-compatible backend; Ollama answers 400 to it."""
+
+    vllm = await backends(FakeOpenAI("vllm", models=["llama3"]))
+    router = await start_router([endpoint(vllm)])
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": calls}]
+    async with http.post(router.url + "/api/chat", json={"model": "llama3", "messages": messages}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"].startswith("invalid type for 'messages[1].tool_calls")
+    async with http.post(router.url + "/v1/chat/completions", json={"model": "llama3", "messages": messages}) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"].startswith("messages[1].tool_calls")
+    assert [r for r in vllm.requests if r.path != "/v1/models"] == []
+
+
+def peak_memory_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+async def test_a_gzip_bomb_is_refused_without_inflating(fakes, daemon, http):
+    """Eight clients at once send 98 KiB of gzip that inflates to 99 MiB each (once: 1.8 GiB of
+    memory, the event loop blocked for 21 s, a healthy backend marked down). The daemon answers
+    415 to each without inflating a byte: its peak memory grows by less than 30 MiB, the backend
+    stays up, real requests are served. Then 100 bodies labelled gzip that are not gzip: 415
+    each, and not one ERROR line or traceback in the log."""
+
+    a = await fakes("a", loaded=["llama3:latest"])
+    router = await daemon(f"endpoints:\n  - {a.url}\n")
+    bomb = gzip.compress(b"\0" * (99 << 20), 9)
+    assert len(bomb) < 110_000
+    before = peak_memory_kib(router.process.pid)
+
+    async def send(body: bytes) -> int:
+        async with http.post(router.url + "/api/chat", data=body,
+                             headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}) as resp:
+            return resp.status
+
+    assert await asyncio.gather(*(send(bomb) for _ in range(8))) == [415] * 8
+    assert peak_memory_kib(router.process.pid) - before < 30 * 1024
+    assert await asyncio.gather(*(send(b"this is not gzip at all " * 50) for _ in range(100))) == [415] * 100
+    async with http.post(router.url + "/api/generate", json={"model": "llama3", "prompt": "x", "stream": False}) as r:
+        assert r.status == 200
+    await router.reload()  # something logged after them: the log is read up to here
+    assert "Traceback" not in router.log and " ERROR " not in router.log and "is down" not in router.log

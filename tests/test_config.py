@@ -1,5 +1,6 @@
 """Configuration: the original's format unchanged, the richer form, and errors that name file:line: key."""
 
+import base64
 import textwrap
 
 import pytest
@@ -105,10 +106,75 @@ def test_unset_environment_variable_is_reported_not_sent(tmp_path, monkeypatch):
 
 def test_router_keys_from_config_and_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("NOMYO_ROUTER_API_KEY", "from-env")
-    path = write(tmp_path, "endpoints: []\nrouter_api_keys: {ci: k1}\n")
+    path = write(tmp_path, "endpoints: [http://a:1]\nrouter_api_keys: {ci: k1}\n")
     assert dict(load_config(path).router_api_keys) == {"ci": "k1", "default": "from-env"}
-    path = write(tmp_path, "endpoints: []\nnomyo-router-api-key: file-key\n")
+    path = write(tmp_path, "endpoints: [http://a:1]\nnomyo-router-api-key: file-key\n")
     assert dict(load_config(path).router_api_keys) == {"default": "file-key"}
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "the configuration is empty: list at least one backend URL under `endpoints:`"),
+    ("# nothing but a comment\n", "the configuration is empty"),
+    ("endpoints: []\n", ":1: endpoints: no backends configured"),
+    ("listen: 127.0.0.1:9\nllama_server_endpoints: []\n", "no backends configured"),
+])
+def test_a_router_without_backends_is_a_configuration_error(tmp_path, text, expected):
+    """An empty file or `endpoints: []` once passed and started a router that could answer
+    nothing; both are refused with a message that says what to add."""
+
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert expected in str(info.value)
+
+
+def test_credentials_in_a_url_become_basic_auth_and_leave_the_url(tmp_path, monkeypatch):
+    """`http://user:pw@host` is taken apart once: the URL (and the default name) carry no
+    userinfo anywhere, the credentials travel as Basic auth; an api_key wins over them."""
+
+    path = write(tmp_path, """\
+        endpoints:
+          - http://alice:s%40cret@gpu1:11434/
+          - name: vllm
+            url: https://bob:hunter2@vllm:8000/v1
+            type: openai
+            api_key: sk-1
+        api_keys:
+          "http://alice:s%40cret@gpu1:11434": k
+        """)
+    gpu1, vllm = load_config(path).endpoints
+    assert (gpu1.name, gpu1.url) == ("gpu1:11434", "http://gpu1:11434")
+    assert gpu1.basic_auth == "Basic " + base64.b64encode(b"alice:s@cret").decode()
+    assert gpu1.api_key == "k" and gpu1.authorization == "Bearer k"
+    assert vllm.url == "https://vllm:8000/v1" and vllm.authorization == "Bearer sk-1"
+    assert "cret" not in repr(gpu1) and "hunter2" not in repr(vllm)
+    bad = write(tmp_path, "endpoints:\n  - ftp://alice:s3cr3t@gpu1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(bad)
+    assert "s3cr3t" not in str(info.value) and "ftp://***@gpu1" in str(info.value)
+
+
+def test_front_door_settings(tmp_path):
+    path = write(tmp_path, """\
+        endpoints: [http://a:1]
+        admin_api_keys: {ops: adm1n}
+        health_requires_key: false
+        allowed_origins: ["https://chat.example.com", "https://*.example.org"]
+        allowed_hosts: router.example.com
+        client_header_timeout: 10
+        client_body_timeout: 20
+        keepalive_timeout: 5
+        max_connections: 100
+        """)
+    config = load_config(path)
+    assert dict(config.admin_api_keys) == {"ops": "adm1n"} and config.health_requires_key is False
+    assert config.allowed_origins == ("https://chat.example.com", "https://*.example.org")
+    assert config.allowed_hosts == ("router.example.com",)
+    assert (config.client_header_timeout, config.client_body_timeout, config.keepalive_timeout) == (10, 20, 5)
+    assert config.max_connections == 100
+    with pytest.raises(ConfigError, match=":2: health_requires_key: must be true or false"):
+        load_config(write(tmp_path, "endpoints: [http://a:1]\nhealth_requires_key: 'no'\n"))
+    with pytest.raises(ConfigError, match=":2: allowed_origins: must be a list of non-empty strings"):
+        load_config(write(tmp_path, "endpoints: [http://a:1]\nallowed_origins: [1]\n"))
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -6,7 +6,9 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -94,3 +96,48 @@ async def test_demo_script_starts_a_working_router(unused_tcp_port):
 async def test_bad_flag_values_are_rejected(flag):
     code, _, err = await run_cli("--config", "etc/nomyo/config.yaml", flag, "nonsense")
     assert code == 2 and err
+
+
+async def test_an_empty_configuration_fails_the_check_and_the_start(tmp_path):
+    """An empty file or `endpoints: []` once passed --check-config and started a router with no
+    backend and no warning; `--check-config` without a path reported a missing default file OK."""
+
+    for text, message in (("", "the configuration is empty"), ("endpoints: []\n", "no backends configured")):
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+        code, out, err = await run_cli("--check-config", str(path))
+        assert (code, out) == (1, "") and message in err
+        code, _, err = await run_cli("--config", str(path))
+        assert code == 2 and message in err and err.count("\n") == 1
+    if Path("/etc/nomyo/config.yaml").exists():  # noqa: ASYNC240 (one stat)
+        pytest.skip("this machine has /etc/nomyo/config.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOMYO_ROUTER_CONFIG", "NOMYO_ROUTER_CONFIG_PATH")}
+    process = await asyncio.create_subprocess_exec(PYTHON, "-m", "nomyo", "--check-config", env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 1 and b"OK" not in out
+    assert b"/etc/nomyo/config.yaml: cannot read the configuration" in err
+
+
+async def test_a_port_in_use_is_one_clear_error(fakes, tmp_path):
+    a = await fakes("a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(f"listen: 127.0.0.1:{port}\nendpoints:\n  - {a.url}\n")
+        code, _, err = await run_cli("--config", str(config))
+    assert code == 1
+    assert [line for line in err.splitlines() if "WARNING" in line or "ERROR" in line or "nomyo-router:" in line] \
+        == [f"nomyo-router: cannot listen on 127.0.0.1:{port}: Address already in use"], err
+    assert "Unclosed" not in err and "Traceback" not in err
+
+
+async def test_health_says_error_when_no_backend_is_up(fakes, daemon):
+    a = await fakes("a")
+    router = await daemon(f"endpoints:\n  - {a.url}\n")
+    await a.go_down()
+    await router.wait_for_log("is down")
+    async with aiohttp.ClientSession() as http, http.get(router.url + "/health") as resp:
+        assert resp.status == 503 and (await resp.json())["status"] == "error"

@@ -11,12 +11,22 @@ import orjson
 import pytest
 
 from tests.daemon_process import DaemonProcess, post_json
+from tests.fakes.ollama_backend import FakeOllama
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def endpoints(*fakes) -> str:
     return "endpoints:\n" + "".join(f"  - name: {f.name}\n    url: {f.url}\n" for f in fakes)
+
+
+def notifications(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
 
 
 async def stream_lines(session, url, body=CHAT) -> list[dict]:
@@ -114,12 +124,7 @@ async def test_sd_notify_messages_in_order(fakes, daemon, tmp_path):
     await router.reload()
     router.signal(signal.SIGTERM)
     assert await router.wait() == 0
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            break
+    messages = notifications(sock)
     sock.close()
     kinds = [m.split("\n")[0].split("=")[0] for m in messages]
     assert kinds[:4] == ["READY", "RELOADING", "READY", "STOPPING"]
@@ -142,14 +147,71 @@ async def test_watchdog_pings_when_systemd_asks_for_them(fakes, daemon, tmp_path
     assert sum(m == b"WATCHDOG=1" for m in seen) >= 2
 
 
-async def test_listen_change_needs_a_restart_and_keeps_serving(fakes, daemon):
+async def test_listen_change_needs_a_restart_and_keeps_serving(fakes, daemon, tmp_path):
+    """Changing `listen` and reloading: the daemon keeps serving on its port and keeps saying so
+    (sd_notify STATUS, log), with one warning per change; changing it back is no news (once the
+    log said the opposite of the truth then)."""
+
     a = await fakes("a")
-    router = await daemon(endpoints(a))
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    router = await daemon(endpoints(a), env={"NOTIFY_SOCKET": path})
     text = endpoints(a)
-    router.config_path.write_text(f"listen: 127.0.0.1:1\npoll_interval: 0.2\n{text}")
-    await router.reload(expect="that takes a restart")
+    for port in (1, 1, router.port, 2):
+        router.config_path.write_text(f"listen: 127.0.0.1:{port}\npoll_interval: 0.2\n{text}")
+        await router.reload()
     async with aiohttp.ClientSession() as http:
         assert (await stream_lines(http, router.url))[-1]["done"]
+    statuses = [line for m in notifications(sock) for line in m.split("\n") if line.startswith("STATUS=serving")]
+    sock.close()
+    assert len(statuses) == 5 and all(f"serving on 127.0.0.1:{router.port}:" in s for s in statuses), statuses
+    warnings = [line for line in router.lines if "takes a restart" in line]
+    assert len(warnings) == 2, warnings
+    assert "listen changed to 127.0.0.1:1 in" in warnings[0]
+    assert f"still serving on 127.0.0.1:{router.port}" in warnings[0]
+    assert "listen changed to 127.0.0.1:2 in" in warnings[1]
+
+
+class SlowToList(FakeOllama):
+    """Answers /api/tags only after `delay` seconds, so a reload that polls it takes that long."""
+
+    def __init__(self, *args, delay: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+        self.listing = asyncio.Event()
+
+    async def _tags(self, request):
+        self.listing.set()
+        await asyncio.sleep(self.delay)
+        return await super()._tags(request)
+
+
+async def test_sighups_during_a_reload_are_not_lost(fakes, backends, daemon):
+    """A reload is slow (a new backend takes 1.5 s to list its models). Three SIGHUPs arrive
+    while it runs, each after the file changed again. They are coalesced into one more reload
+    after it, and the file as it was at the last SIGHUP is what ends up applied (once, 4 SIGHUPs
+    in 100 were dropped and a changed backend list stayed unapplied)."""
+
+    a, b, c = await fakes("a"), await fakes("b"), await fakes("c")
+    slow = await backends(SlowToList("slow", delay=1.5))
+    router = await daemon(endpoints(a) + "poll_timeout: 5\n")
+    router.write_config(endpoints(a, slow) + "poll_timeout: 5\n")
+    router.signal(signal.SIGHUP)
+    await asyncio.wait_for(slow.listing.wait(), 10)
+    for fleet in ((a, b), (b, c), (c,)):
+        router.write_config(endpoints(*fleet) + "poll_timeout: 5\n")
+        router.signal(signal.SIGHUP)
+        await asyncio.sleep(0.05)
+    for _ in range(500):
+        if router.log.count("configuration reloaded") >= 2:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)  # no third reload follows
+    assert router.log.count("configuration reloaded") == 2, router.log
+    async with aiohttp.ClientSession() as http, http.get(router.url + "/api/config") as resp:
+        assert [e["name"] for e in (await resp.json())["endpoints"]] == ["c"]
 
 
 async def test_journal_priority_prefixes_under_systemd(fakes, tmp_path):

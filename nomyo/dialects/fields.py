@@ -19,12 +19,17 @@ DURATION = (str, int, float)
 JSON_NAMES = {str: "a string", bool: "a boolean", list: "an array", dict: "an object", int: "an integer",
               float: "a number"}
 
-FieldTypes = Mapping[str, type | tuple[type, ...]]
+# A field's type: a type, a tuple of types, a table (an object with typed fields) or a list
+# holding one table (an array of such objects).
+FieldTypes = Mapping[str, Any]
 
-# the elements of `messages` and `tools`, as Ollama and OpenAI type them
-OLLAMA_MESSAGE = {"role": STRING, "content": STRING, "thinking": STRING, "images": LIST, "tool_calls": LIST,
+# the elements of `messages` and `tools`, as Ollama and OpenAI type them; a tool call's
+# `function` is an object with a string `name` in both (Go's json refuses anything else)
+TOOL_CALL = {"function": {"name": STRING}}
+OLLAMA_MESSAGE = {"role": STRING, "content": STRING, "thinking": STRING, "images": LIST, "tool_calls": [TOOL_CALL],
                   "tool_name": STRING, "tool_call_id": STRING}
-OPENAI_MESSAGE = {"role": STRING, "content": (str, list), "name": STRING, "tool_calls": LIST, "tool_call_id": STRING}
+OPENAI_MESSAGE = {"role": STRING, "content": (str, list), "name": STRING, "tool_calls": [TOOL_CALL],
+                  "tool_call_id": STRING}
 TOOL = {"type": STRING, "function": OBJECT}
 
 
@@ -33,7 +38,17 @@ def check_fields(payload: dict[str, Any], types: FieldTypes, where: str = "") ->
 
     for name, expected in types.items():
         value = payload.get(name)
-        if value is not None:
+        if value is None:
+            continue
+        if isinstance(expected, Mapping):
+            check_value(value, dict, where + name)
+            check_fields(value, expected, f"{where}{name}.")
+        elif isinstance(expected, list):
+            check_value(value, list, where + name)
+            for index, item in enumerate(value):
+                check_value(item, dict, f"{where}{name}[{index}]")
+                check_fields(item, expected[0], f"{where}{name}[{index}].")
+        else:
             check_value(value, expected, where + name)
 
 

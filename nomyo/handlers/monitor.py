@@ -161,7 +161,7 @@ async def health(request: web.Request) -> web.Response:
 
     views = backend_views(request.app[ROUTER])
     healthy = sum(1 for view in views if view["status"] == "ok")
-    status = "ok" if healthy == len(views) else "degraded" if healthy else "error"
+    status = "error" if not healthy else "ok" if healthy == len(views) else "degraded"
     body = {
         "status": status,
         "healthy_backends": healthy,
