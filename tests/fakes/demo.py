@@ -138,7 +138,9 @@ async def run(port: int, seconds: float | None) -> int:
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="nomyo-demo-") as directory:
         config = write_config(directory, port, ollama, openai)
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nomyo", "--config", str(config))
+        # its own session: Ctrl-C reaches the demo alone, which stops the router with one SIGTERM
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nomyo", "--config", str(config),
+                                                       start_new_session=True)
         try:
             await wait_ready(url, process, expected=len(ollama) + 1)
             print(banner(url, config, ollama, openai), flush=True)
