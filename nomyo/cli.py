@@ -9,6 +9,7 @@ from dataclasses import replace
 from . import __version__
 from .config import ConfigError, load_config_or_default, parse_listen, resolve_config_path
 from .logs import setup_logging
+from .wording import counted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config is not None:
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"{path}: OK ({len(config.endpoints)} endpoints, listen {config.listen})")
+        print(f"{path}: OK ({counted(len(config.endpoints), 'endpoint')}, listen {config.listen})")
         return 0
     if args.listen:
         try:

@@ -19,6 +19,7 @@ from .config import Config, ConfigError, load_config
 from .keys import ROUTER
 from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
+from .wording import counted
 
 log = logging.getLogger("nomyo.daemon")
 
@@ -46,7 +47,7 @@ class Daemon:
         await site.start()
         for warning in self.config.warnings:
             log.warning("%s", warning)
-        log.info("listening on http://%s with %d backends", self.config.listen, len(self.config.endpoints))
+        log.info("listening on http://%s with %s", self.config.listen, counted(len(self.config.endpoints), "backend"))
         self.notifier.ready(self._status())
         interval = watchdog_interval()
         if interval:
@@ -92,18 +93,22 @@ class Daemon:
         await router.begin_shutdown()
         left = await self._drain(router)
         if left:
-            log.warning("closing %d request(s) still in flight after the drain", left)
+            log.warning("closing %s still in flight after the drain", counted(left, "request"))
         await self.runner.cleanup()
         self.notifier.close()
         log.info("stopped")
 
     async def _drain(self, router) -> int:
-        """Wait until no request is in flight, the drain timeout passes, or a second signal."""
+        """Wait until no request is in flight, the drain timeout passes, or a second signal.
+        systemd hears the count when it changes, not at every look."""
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_timeout
+        told = None
         while router.active_requests and loop.time() < deadline and not self._stop_waiting.is_set():
-            self.notifier.status(f"draining: {router.active_requests} request(s) in flight")
+            if router.active_requests != told:
+                told = router.active_requests
+                self.notifier.status(f"draining: {counted(told, 'request')} in flight")
             try:
                 await asyncio.wait_for(self._stop_waiting.wait(), 0.05)
             except TimeoutError:
@@ -135,6 +140,6 @@ class Daemon:
         for warning in config.warnings:
             log.warning("%s", warning)
         self.config = config
-        log.info("configuration reloaded from %s: %d backends", self.config_path, len(config.endpoints))
+        log.info("configuration reloaded from %s: %s", self.config_path, counted(len(config.endpoints), "backend"))
         self.notifier.ready(self._status())
         return True

@@ -21,6 +21,7 @@ from .breaker import Breaker
 from .fleet import Backend, BackendStatus, Fleet
 from .names import normalize_model
 from .upstream import describe
+from .wording import counted
 
 log = logging.getLogger("nomyo.poller")
 NEVER = float("inf")
@@ -235,8 +236,8 @@ class Poller:
 
     def _log_transition(self, backend: Backend, old: BackendStatus, new: BackendStatus) -> None:
         if new.healthy and not old.healthy:
-            log.info("backend %s (%s) is up: version %s, %d models, %d loaded", backend.name,
-                     backend.config.url, new.version or "?", len(new.models), len(new.loaded))
+            log.info("backend %s (%s) is up: version %s, %s, %d loaded", backend.name, backend.config.url,
+                     new.version or "?", counted(len(new.models), "model"), len(new.loaded))
         elif not new.healthy and (old.healthy or old.checked_at == 0.0):
             log.warning("backend %s (%s) is down: %s", backend.name, backend.config.url, new.error)
 

@@ -28,7 +28,7 @@ async def test_version_and_check_config(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("endpoints: [http://127.0.0.1:11434]\n")
     code, out, _ = await run_cli("--check-config", str(good))
-    assert code == 0 and "OK" in out
+    assert code == 0 and f"{good}: OK (1 endpoint, listen 127.0.0.1:12434)" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text("endpoints: [http://127.0.0.1:11434]\nmax_concurent_connections: 2\n")
     code, _, err = await run_cli("--check-config", str(bad))
