@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config_or_default(path)
     except ConfigError as exc:
-        print(f"nomyo-router: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # every error in the file, one a line
+            print(f"nomyo-router: {problem}", file=sys.stderr)
         return 2 if args.check_config is None else 1
     if args.check_config is not None:
         for warning in config.warnings:

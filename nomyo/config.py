@@ -26,7 +26,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from .names import normalize_model
-from .yaml_fields import ConfigError, FieldReader, ListItem, expand_env
+from .yaml_fields import ConfigError, FieldReader, expand_env
 
 DEFAULT_CONFIG_PATH = "/etc/nomyo/config.yaml"
 DEFAULT_LISTEN = "127.0.0.1:12434"
@@ -114,14 +114,16 @@ def guess_type(url: str, plain_urls: list[str]) -> str:
     return "openai"
 
 
-def _validate_url(reader: FieldReader, key: str, url: str) -> str:
+def _validate_url(reader: FieldReader, key: str, url: str) -> str | None:
+    """The URL without a trailing slash; None (the problem noted) if it is not one."""
+
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(key, f"must be an http:// or https:// URL, got {url!r}")
+        return reader.invalid(key, f"must be an http:// or https:// URL, got {url!r}")
     try:
         _ = parts.port  # urlsplit validates the port lazily
     except ValueError:
-        raise reader.error(key, f"has an invalid port: {url!r}") from None
+        return reader.invalid(key, f"has an invalid port: {url!r}")
     return url.rstrip("/")
 
 
@@ -149,11 +151,12 @@ class _EndpointBuilder:
         keys = self.top.child("api_keys", dict, "mapping of endpoint URL to key")
         if not keys:
             return {}
-        reader = FieldReader(self.path, keys, "api_keys.")
+        reader = self.top.nested(keys, "api_keys.")
         result = {}
         for url, value in keys.items():
             if not isinstance(value, str):
-                raise reader.error(str(url), "must be a string")
+                reader.invalid(str(url), "must be a string")
+                continue
             result[str(url).rstrip("/")] = expand_env(value, reader, str(url), self.warnings)
         return result
 
@@ -163,6 +166,7 @@ class _EndpointBuilder:
         plain_urls = [item.rstrip("/") for _, item, _ in plain + llama if isinstance(item, str)]
         endpoints = [self._one(r, i, item, None, plain_urls) for r, item, i in plain]
         endpoints += [self._one(r, i, item, "llama-server", plain_urls) for r, item, i in llama]
+        endpoints = [endpoint for endpoint in endpoints if endpoint is not None]  # invalid ones: noted
         self._check_unique(endpoints)
         for url in self.api_keys:
             if url not in {e.url for e in endpoints}:
@@ -173,14 +177,17 @@ class _EndpointBuilder:
         items = self.top.child(key, list, "list")
         if items is None:
             return []
-        reader = FieldReader(self.path, items, f"{key}")
+        reader = self.top.nested(items, f"{key}")
         return [(reader, item, index) for index, item in enumerate(items)]
 
-    def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig:
+    def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig | None:
+        """One item of an endpoint list; None when it is invalid (its problems are noted)."""
+
         label = f"{reader.where}[{index}]"
         if isinstance(item, str):
-            position = ListItem(self.path, reader.node, index, label)
-            url = _validate_url(position, "", item)
+            url = _validate_url(reader.item(index, label), "", item)
+            if url is None:
+                return None
             return EndpointConfig(
                 name=_default_name(url),
                 url=url,
@@ -189,44 +196,36 @@ class _EndpointBuilder:
                 api_key=self.api_keys.get(url),
             )
         if not isinstance(item, dict):
-            raise ListItem(self.path, reader.node, index, label).error("", "must be a URL or a mapping")
-        return self._mapping(FieldReader(self.path, item, f"{label}."), forced_type)
+            return reader.item(index, label).invalid("", "must be a URL or a mapping")
+        return self._mapping(reader.nested(item, f"{label}."), forced_type)
 
-    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig:
+    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig | None:
         r.check_keys(ENDPOINT_KEYS)
         url = r.string("url")
-        if not url:
-            raise r.error("url", "is required")
-        url = _validate_url(r, "url", url)
+        url = _validate_url(r, "url", url) if url else r.invalid("url", "is required")
         kind = r.string("type", forced_type or "ollama", choices=ENDPOINT_TYPES)
         key = r.string("api_key")
         api_key = expand_env(key, r, "api_key", self.warnings) if key else self.api_keys.get(url)
-        return EndpointConfig(
-            name=r.string("name") or _default_name(url),
-            url=url,
-            type=kind,
-            max_concurrent_connections=r.number(
-                "max_concurrent_connections", self.default_slots, kind=int, minimum=1
-            ),
-            model_slots=MappingProxyType(self._model_slots(r)),
-            api_key=api_key,
-        )
+        slots = r.number("max_concurrent_connections", self.default_slots, kind=int, minimum=1)
+        model_slots = MappingProxyType(self._model_slots(r))  # read even without a URL: its errors count
+        if url is None:
+            return None
+        return EndpointConfig(name=r.string("name") or _default_name(url), url=url, type=kind,
+                              max_concurrent_connections=slots, model_slots=model_slots, api_key=api_key)
 
     def _model_slots(self, r: FieldReader) -> dict[str, int]:
         node = r.child("model_slots", dict, "mapping of model name to slots")
         if not node:
             return {}
-        inner = FieldReader(self.path, node, f"{r.where}model_slots.")
+        inner = r.nested(node, f"{r.where}model_slots.")
         return {normalize_model(str(m)): inner.number(m, 1, kind=int, minimum=1) for m in node}
 
     def _check_unique(self, endpoints: list[EndpointConfig]) -> None:
         seen: dict[str, str] = {}
         for endpoint in endpoints:
             if endpoint.name in seen:
-                raise ConfigError(
-                    f"{self.path}: endpoints: two endpoints are named {endpoint.name!r} "
-                    f"({seen[endpoint.name]} and {endpoint.url}); give them distinct `name`s"
-                )
+                self.top.invalid("endpoints", f"two endpoints are named {endpoint.name!r} "
+                                 f"({seen[endpoint.name]} and {endpoint.url}); give them distinct `name`s")
             seen[endpoint.name] = endpoint.url
 
 
@@ -262,10 +261,11 @@ def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
             keys["default"] = expanded
     named = top.child("router_api_keys", dict, "mapping of caller name to key")
     if named:
-        reader = FieldReader(top.path, named, "router_api_keys.")
+        reader = top.nested(named, "router_api_keys.")
         for name, value in named.items():
             if not isinstance(value, str) or not value:
-                raise reader.error(str(name), "must be a non-empty string")
+                reader.invalid(str(name), "must be a non-empty string")
+                continue
             expanded = expand_env(value, reader, str(name), warnings)
             if expanded:
                 keys[str(name)] = expanded
@@ -276,7 +276,8 @@ def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
 
 
 def build_config(data: Any, path: str) -> Config:
-    """Validate the parsed YAML document `data` (read from `path`) into a Config."""
+    """Validate the parsed YAML document `data` (read from `path`) into a Config. Every problem
+    in it is found before one ConfigError lists them all."""
 
     if data is None:
         data = {}
@@ -289,8 +290,8 @@ def build_config(data: Any, path: str) -> Config:
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        raise top.error("listen", str(exc)) from None
-    return Config(
+        host, port = top.invalid("listen", str(exc), parse_listen(DEFAULT_LISTEN))
+    config = Config(
         path=path,
         endpoints=endpoints,
         listen_host=host,
@@ -318,6 +319,8 @@ def build_config(data: Any, path: str) -> Config:
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
         warnings=tuple(warnings),
     )
+    top.problems.raise_any()
+    return config
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -30,9 +30,12 @@ async def test_version_and_check_config(tmp_path):
     code, out, _ = await run_cli("--check-config", str(good))
     assert code == 0 and f"{good}: OK (1 endpoint, listen 127.0.0.1:12434)" in out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("endpoints: [http://127.0.0.1:11434]\nmax_concurent_connections: 2\n")
+    bad.write_text("endpoints: [http://127.0.0.1:11434]\nmax_concurent_connections: 2\npoll_interval: often\n")
     code, _, err = await run_cli("--check-config", str(bad))
-    assert code == 1 and f"{bad}:2: max_concurent_connections: unknown key" in err
+    assert code == 1
+    lines = err.splitlines()  # every error, one a line
+    assert len(lines) == 2 and lines[0].startswith(f"nomyo-router: {bad}:2: max_concurent_connections: unknown key")
+    assert lines[1] == f"nomyo-router: {bad}:3: poll_interval: must be a number, got 'often'"
     code, _, err = await run_cli("--config", str(bad))
     assert code == 2 and "unknown key" in err
 
