@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .access import AccessRecord
 from .names import normalize_model
 from .poller import parse_expiry
+from .recent import RecentCalls
 
 if TYPE_CHECKING:
     from .router import Router
@@ -58,6 +59,7 @@ class Metrics:
         self.callers = Counter("nomyo_caller_requests", "Requests per named router key (router_api_keys)",
                                ("caller",), registry=self.registry)
         self.registry.register(FleetCollector(router))
+        self.recent = RecentCalls()  # the dashboard's per-model p50/p95 over the last minutes
         # `labels()` validates and locks on every call; the children of a label set never change,
         # so they are looked up once (this runs for every request).
         self._children: dict[tuple[str, ...], tuple] = {}
@@ -79,6 +81,7 @@ class Metrics:
             self.callers.labels(record.caller).inc()
         if record.first_byte_at is not None and record.started_at is not None and backend:
             children[2].observe(max(0.0, record.first_byte_at - record.started_at))
+        self.recent.observe(record, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -158,7 +158,7 @@ class Poller:
         """A request failed on `backend` (unreachable, reset, 5xx, broke mid-stream)."""
 
         breaker = self.breaker(backend)
-        if breaker.failure():
+        if breaker.failure(reason=reason):
             error = (f"circuit open for {breaker.remaining():.0f}s after repeated failures "
                      f"(last: {reason})")
             log.warning("backend %s: %s", backend.name, error)
