@@ -54,21 +54,40 @@ clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench-results tests/artifacts
 
 # ---------------------------------------------------------------------------------------------
-# make install [DESTDIR=/staging] [PREFIX=/usr/local] [VENVDIR=/opt/nomyo-router] [INSTALL_PYTHON=python3]
+# make install [DESTDIR=/staging] [PREFIX=/usr/local] [VENVDIR=/opt/nomyo-router] [INSTALL_PYTHON=/usr/bin/python3]
 # The package goes into its own virtualenv; the venv's launcher finds its interpreter relative to
 # itself, so a tree staged under DESTDIR runs where it is and after it is moved into place.
+# The venv links to INSTALL_PYTHON, so that interpreter must be reachable by the service's
+# DynamicUser under ProtectHome=yes: the system Python by default, never one under /root or /home
+# (a pyenv, a user's venv). The package is built from a copy of the checkout in a temporary
+# directory, so no root-owned build/ or *.egg-info is left behind here.
 PREFIX ?= /usr/local
 VENVDIR ?= /opt/nomyo-router
-INSTALL_PYTHON ?= $(PYTHON)
+INSTALL_PYTHON ?= /usr/bin/python3
 UNITDIR ?= /lib/systemd/system
 SYSCONFDIR ?= /etc
 ROOT_VENV := $(DESTDIR)$(VENVDIR)
+# The installed unit and man page name the paths this install really uses.
+INSTALL_PATHS := -e 's|/opt/nomyo-router|$(VENVDIR)|g' -e 's|/etc/nomyo|$(SYSCONFDIR)/nomyo|g' \
+	-e 's|/usr/local/share|$(PREFIX)/share|g' -e 's|/lib/systemd/system|$(UNITDIR)|g'
 
-.PHONY: install
-install:
+.PHONY: install check-install-python
+check-install-python:
+	@py=$$(command -v "$(INSTALL_PYTHON)" || echo "$(INSTALL_PYTHON)"); real=$$(readlink -m "$$py"); \
+	case "$$py:$$real" in /root/*|/home/*|*:/root/*|*:/home/*) \
+		echo "make install: INSTALL_PYTHON=$$py ($$real) is under /root or /home, which the service cannot reach" \
+			"(DynamicUser=yes, ProtectHome=yes). Use the system Python (the default, INSTALL_PYTHON=/usr/bin/python3)" \
+			"or another one installed outside /root and /home." >&2; exit 1;; esac; \
+	"$$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "make install: INSTALL_PYTHON=$$py must be a Python 3.11 or newer with the venv module" \
+			"(Debian: apt-get install python3 python3-venv)" >&2; exit 1; }
+
+install: check-install-python
 	$(INSTALL_PYTHON) -m venv --clear $(ROOT_VENV)
 	$(ROOT_VENV)/bin/python -m pip install -q --upgrade pip
-	$(ROOT_VENV)/bin/python -m pip install -q --no-cache-dir .
+	src=$$(mktemp -d) && trap 'rm -rf "$$src"' EXIT && \
+		cp -R nomyo share setup.cfg pyproject.toml README.md "$$src"/ && \
+		$(ROOT_VENV)/bin/python -m pip install -q --no-cache-dir "$$src"
 	install -m 0755 systemd/venv-launcher $(ROOT_VENV)/bin/nomyo-router
 	install -d $(DESTDIR)$(PREFIX)/bin
 	printf '#!/bin/sh\nexec %s/bin/python -m nomyo "$$@"\n' '$(VENVDIR)' > $(DESTDIR)$(PREFIX)/bin/nomyo-router
@@ -77,10 +96,10 @@ install:
 	test -e $(DESTDIR)$(SYSCONFDIR)/nomyo/config.yaml || \
 		install -m 0644 etc/nomyo/config.yaml $(DESTDIR)$(SYSCONFDIR)/nomyo/config.yaml
 	install -d $(DESTDIR)$(UNITDIR)
-	sed -e 's|/opt/nomyo-router|$(VENVDIR)|g' -e 's|/etc/nomyo|$(SYSCONFDIR)/nomyo|g' \
-		-e 's|/usr/local/share|$(PREFIX)/share|g' \
-		systemd/nomyo-router.service > $(DESTDIR)$(UNITDIR)/nomyo-router.service
+	sed $(INSTALL_PATHS) systemd/nomyo-router.service > $(DESTDIR)$(UNITDIR)/nomyo-router.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/nomyo-router.service
-	install -D -m 0644 share/man/nomyo-router.8 $(DESTDIR)$(PREFIX)/share/man/man8/nomyo-router.8
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	sed $(INSTALL_PATHS) share/man/nomyo-router.8 > $(DESTDIR)$(PREFIX)/share/man/man8/nomyo-router.8
+	chmod 0644 $(DESTDIR)$(PREFIX)/share/man/man8/nomyo-router.8
 	install -d $(DESTDIR)$(PREFIX)/share/doc/nomyo-router
 	install -m 0644 README.md share/doc/*.md $(DESTDIR)$(PREFIX)/share/doc/nomyo-router/

@@ -10,6 +10,7 @@ from dataclasses import replace
 from . import __version__
 from .config import ConfigError, load_config, load_config_or_default, parse_listen, resolve_config_path
 from .logs import setup_logging
+from .wording import counted
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,12 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         # a missing default file means the defaults when serving, but a check has nothing to check
         config = load_config(path) if args.check_config is not None else load_config_or_default(path)
     except ConfigError as exc:
-        print(f"nomyo-router: {exc}", file=sys.stderr)
+        for problem in exc.problems:  # every error in the file, one a line
+            print(f"nomyo-router: {problem}", file=sys.stderr)
         return 2 if args.check_config is None else 1
     if args.check_config is not None:
         for warning in config.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        print(f"{path}: OK ({len(config.endpoints)} endpoints, listen {config.listen})")
+        print(f"{path}: OK ({counted(len(config.endpoints), 'endpoint')}, listen {config.listen})")
         return 0
     if args.listen:
         try:

@@ -121,10 +121,11 @@ def _named_keys(top: FieldReader, key: str, warnings: list[str]) -> dict[str, st
     keys: dict[str, str] = {}
     named = top.child(key, dict, "mapping of caller name to key")
     if named:
-        reader = FieldReader(top.path, named, f"{key}.")
+        reader = top.nested(named, f"{key}.")
         for name, value in named.items():
             if not isinstance(value, str) or not value:
-                raise reader.error(str(name), "must be a non-empty string")
+                reader.invalid(str(name), "must be a non-empty string")
+                continue
             expanded = expand_env(value, reader, str(name), warnings)
             if expanded:
                 keys[str(name)] = expanded
@@ -164,7 +165,7 @@ def _front_door(top: FieldReader, warnings: list[str]) -> dict[str, Any]:
 def _require_endpoints(top: FieldReader, endpoints: tuple[EndpointConfig, ...]) -> None:
     """A router without backends cannot answer anything: that is a mistake, not a setting."""
 
-    if endpoints:
+    if endpoints or top.problems.found:  # endpoints that were listed but invalid are reported as such
         return
     if not top.node:
         raise ConfigError(f"{top.path}: the configuration is empty: list at least one backend URL under "
@@ -175,7 +176,8 @@ def _require_endpoints(top: FieldReader, endpoints: tuple[EndpointConfig, ...]) 
 
 
 def build_config(data: Any, path: str) -> Config:
-    """Validate the parsed YAML document `data` (read from `path`) into a Config."""
+    """Validate the parsed YAML document `data` (read from `path`) into a Config. Every problem
+    in it is found before one ConfigError lists them all."""
 
     if data is None:
         data = {}
@@ -188,10 +190,10 @@ def build_config(data: Any, path: str) -> Config:
     try:
         host, port = parse_listen(listen)
     except ValueError as exc:
-        raise top.error("listen", str(exc)) from None
+        host, port = top.invalid("listen", str(exc), parse_listen(DEFAULT_LISTEN))
     front_door = _front_door(top, warnings)
     _require_endpoints(top, endpoints)
-    return Config(
+    config = Config(
         path=path,
         endpoints=endpoints,
         listen_host=host,
@@ -220,6 +222,8 @@ def build_config(data: Any, path: str) -> Config:
         warnings=tuple(warnings),
         **front_door,
     )
+    top.problems.raise_any()
+    return config
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -23,6 +23,7 @@ from .connections import GuardedRunner, Limits, raise_file_limit
 from .keys import ROUTER
 from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
+from .wording import counted
 
 log = logging.getLogger("nomyo.daemon")
 SHUTDOWN_NOTICE = "the router is shutting down"  # the last line of streams still running when the drain ends
@@ -63,7 +64,7 @@ class Daemon:
             raise
         for warning in self.config.warnings:
             log.warning("%s", warning)
-        log.info("listening on http://%s with %d backends", self.config.listen, len(self.config.endpoints))
+        log.info("listening on http://%s with %s", self.config.listen, counted(len(self.config.endpoints), "backend"))
         self.notifier.ready(self._status())
         interval = watchdog_interval()
         if interval:
@@ -110,7 +111,8 @@ class Daemon:
         left = await self._drain(router, self.config.drain_timeout)
         if left:
             ended = router.pipeline.interrupt_streams(SHUTDOWN_NOTICE)
-            log.warning("closing %d request(s) still in flight after the drain (%d stream(s) told why)", left, ended)
+            log.warning("closing %s still in flight after the drain (%s told why)", counted(left, "request"),
+                        counted(ended, "stream"))
             await self._drain(router, ENDING_GRACE)  # time for those streams to write their last line
         await self.runner.cleanup()
         self.notifier.close()
@@ -121,8 +123,11 @@ class Daemon:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
+        told = None
         while router.active_requests and loop.time() < deadline and not self._stop_waiting.is_set():
-            self.notifier.status(f"draining: {router.active_requests} request(s) in flight")
+            if router.active_requests != told:
+                told = router.active_requests
+                self.notifier.status(f"draining: {counted(told, 'request')} in flight")
             try:
                 await asyncio.wait_for(self._stop_waiting.wait(), 0.05)
             except TimeoutError:

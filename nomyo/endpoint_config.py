@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .names import normalize_model
 from .urls import shown, split_credentials
-from .yaml_fields import ConfigError, FieldReader, ListItem, expand_env
+from .yaml_fields import FieldReader, expand_env
 
 ENDPOINT_TYPES = ("ollama", "openai", "llama-server")
 
@@ -59,16 +59,17 @@ def guess_type(url: str, plain_urls: list[str]) -> str:
     return "openai"
 
 
-def _validate_url(reader: FieldReader, key: str, url: str) -> tuple[str, str | None]:
-    """The URL without userinfo (and trailing slash), and the Basic auth its userinfo gives."""
+def _validate_url(reader: FieldReader, key: str, url: str) -> tuple[str | None, str | None]:
+    """The URL without userinfo (and trailing slash), and the Basic auth its userinfo gives;
+    (None, None) with the problem noted when it is not a URL."""
 
     try:
         parts = urlsplit(url)
         _ = parts.port  # urlsplit validates the port lazily
     except ValueError:
-        raise reader.error(key, f"has an invalid host or port: {shown(url)!r}") from None
+        return reader.invalid(key, f"has an invalid host or port: {shown(url)!r}", (None, None))
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise reader.error(key, f"must be an http:// or https:// URL, got {shown(url)!r}")
+        return reader.invalid(key, f"must be an http:// or https:// URL, got {shown(url)!r}", (None, None))
     clean, basic = split_credentials(url)
     return clean.rstrip("/"), basic
 
@@ -97,11 +98,12 @@ class EndpointBuilder:
         keys = self.top.child("api_keys", dict, "mapping of endpoint URL to key")
         if not keys:
             return {}
-        reader = FieldReader(self.path, keys, "api_keys.")
+        reader = self.top.nested(keys, "api_keys.")
         result = {}
         for url, value in keys.items():
             if not isinstance(value, str):
-                raise reader.error(str(url), "must be a string")
+                reader.invalid(str(url), "must be a string")
+                continue
             result[split_credentials(str(url))[0].rstrip("/")] = expand_env(value, reader, str(url), self.warnings)
         return result
 
@@ -111,6 +113,7 @@ class EndpointBuilder:
         plain_urls = [split_credentials(item)[0].rstrip("/") for _, item, _ in plain + llama if isinstance(item, str)]
         endpoints = [self._one(r, i, item, None, plain_urls) for r, item, i in plain]
         endpoints += [self._one(r, i, item, "llama-server", plain_urls) for r, item, i in llama]
+        endpoints = [endpoint for endpoint in endpoints if endpoint is not None]  # invalid ones: noted
         self._check_unique(endpoints)
         for url in self.api_keys:
             if url not in {e.url for e in endpoints}:
@@ -121,14 +124,17 @@ class EndpointBuilder:
         items = self.top.child(key, list, "list")
         if items is None:
             return []
-        reader = FieldReader(self.path, items, f"{key}")
+        reader = self.top.nested(items, f"{key}")
         return [(reader, item, index) for index, item in enumerate(items)]
 
-    def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig:
+    def _one(self, reader, index, item, forced_type, plain_urls) -> EndpointConfig | None:
+        """One item of an endpoint list; None when it is invalid (its problems are noted)."""
+
         label = f"{reader.where}[{index}]"
         if isinstance(item, str):
-            position = ListItem(self.path, reader.node, index, label)
-            url, basic = _validate_url(position, "", item)
+            url, basic = _validate_url(reader.item(index, label), "", item)
+            if url is None:
+                return None
             return EndpointConfig(
                 name=_default_name(url),
                 url=url,
@@ -138,43 +144,35 @@ class EndpointBuilder:
                 basic_auth=basic,
             )
         if not isinstance(item, dict):
-            raise ListItem(self.path, reader.node, index, label).error("", "must be a URL or a mapping")
-        return self._mapping(FieldReader(self.path, item, f"{label}."), forced_type)
+            return reader.item(index, label).invalid("", "must be a URL or a mapping")
+        return self._mapping(reader.nested(item, f"{label}."), forced_type)
 
-    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig:
+    def _mapping(self, r: FieldReader, forced_type: str | None) -> EndpointConfig | None:
         r.check_keys(ENDPOINT_KEYS)
         url = r.string("url")
-        if not url:
-            raise r.error("url", "is required")
-        url, basic = _validate_url(r, "url", url)
+        url, basic = _validate_url(r, "url", url) if url else (r.invalid("url", "is required"), None)
         kind = r.string("type", forced_type or "ollama", choices=ENDPOINT_TYPES)
         key = r.string("api_key")
         api_key = expand_env(key, r, "api_key", self.warnings) if key else self.api_keys.get(url)
-        return EndpointConfig(
-            name=r.string("name") or _default_name(url),
-            url=url,
-            type=kind,
-            max_concurrent_connections=r.number(
-                "max_concurrent_connections", self.default_slots, kind=int, minimum=1
-            ),
-            model_slots=MappingProxyType(self._model_slots(r)),
-            api_key=api_key,
-            basic_auth=basic,
-        )
+        slots = r.number("max_concurrent_connections", self.default_slots, kind=int, minimum=1)
+        model_slots = MappingProxyType(self._model_slots(r))  # read even without a URL: its errors count
+        if url is None:
+            return None
+        return EndpointConfig(name=r.string("name") or _default_name(url), url=url, type=kind,
+                              max_concurrent_connections=slots, model_slots=model_slots, api_key=api_key,
+                              basic_auth=basic)
 
     def _model_slots(self, r: FieldReader) -> dict[str, int]:
         node = r.child("model_slots", dict, "mapping of model name to slots")
         if not node:
             return {}
-        inner = FieldReader(self.path, node, f"{r.where}model_slots.")
+        inner = r.nested(node, f"{r.where}model_slots.")
         return {normalize_model(str(m)): inner.number(m, 1, kind=int, minimum=1) for m in node}
 
     def _check_unique(self, endpoints: list[EndpointConfig]) -> None:
         seen: dict[str, str] = {}
         for endpoint in endpoints:
             if endpoint.name in seen:
-                raise ConfigError(
-                    f"{self.path}: endpoints: two endpoints are named {endpoint.name!r} "
-                    f"({seen[endpoint.name]} and {endpoint.url}); give them distinct `name`s"
-                )
+                self.top.invalid("endpoints", f"two endpoints are named {endpoint.name!r} "
+                                 f"({seen[endpoint.name]} and {endpoint.url}); give them distinct `name`s")
             seen[endpoint.name] = endpoint.url

@@ -240,7 +240,8 @@ class Pipeline:
 
         status = outcome.status or 0
         if outcome.kind == BACKEND_FAILED or status in TRANSPORT_STATUSES:
-            self.poller.report_failure(backend, outcome.error or outcome.kind or f"status {status}")
+            reason = outcome.error or (f"answered {status}" if status in TRANSPORT_STATUSES else outcome.kind)
+            self.poller.report_failure(backend, reason or "failed")
         elif status < 400:
             self.poller.report_success(backend)
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .call import Outcome
 from .names import normalize_model
 from .poller import parse_expiry
+from .recent import RecentCalls
 
 if TYPE_CHECKING:
     from .router import Router
@@ -60,6 +61,7 @@ class Metrics:
                                "the router's own calls (moe, cache-embed)",
                                ("caller",), registry=self.registry)
         self.registry.register(FleetCollector(router))
+        self.recent = RecentCalls()  # the dashboard's per-model p50/p95 over the last minutes
         # `labels()` validates and locks on every call; the children of a label set never change,
         # so they are looked up once (this runs for every request).
         self._children: dict[tuple[str, ...], tuple] = {}
@@ -81,6 +83,7 @@ class Metrics:
             self.callers.labels(outcome.caller).inc()
         if outcome.ttfb is not None and backend:
             children[2].observe(outcome.ttfb)
+        self.recent.observe(outcome, seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -164,7 +164,8 @@ SCHEMAS: dict[str, dict] = {
     "Model": obj({"id": STR, "object": STR, "created": INT, "owned_by": STR}, "id", "object"),
     "ModelList": obj({"object": STR, "data": array(ref("Model"))}, "object", "data"),
     # monitoring answers
-    "UsageView": obj({"usage_counts": OBJ, "token_usage_counts": OBJ, "queued": OBJ, "queued_total": INT}),
+    "UsageView": obj({"usage_counts": OBJ, "slot_limits": OBJ, "token_usage_counts": OBJ, "queued": OBJ,
+                      "queued_total": INT}),
     "TokenCounts": obj({"total_tokens": INT, "breakdown": array(obj({"endpoint": STR, "model": STR, **TIME_ROW}))}),
     "Stats": obj({"model": STR, "input_tokens": INT, "output_tokens": INT, "total_tokens": INT, "requests": INT,
                   "time_series": array(obj({"endpoint": STR, **TIME_ROW})), "endpoint_distribution": OBJ}),

@@ -26,6 +26,7 @@ from .upstream import describe, request_headers
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+from .wording import counted
 
 log = logging.getLogger("nomyo.poller")
 NEVER = float("inf")
@@ -165,7 +166,7 @@ class Poller:
         its models stay listed."""
 
         breaker = self.breaker(backend)
-        if breaker.failure():
+        if breaker.failure(reason=reason):
             log.warning("backend %s: circuit open for %.0fs after repeated failures (last: %s)", backend.name,
                         breaker.remaining(), reason)
             self.fleet.set_status(backend, replace(backend.status, breaker=breaker.state))
@@ -239,8 +240,8 @@ class Poller:
 
     def _log_transition(self, backend: Backend, old: BackendStatus, new: BackendStatus) -> None:
         if new.healthy and not old.healthy:
-            log.info("backend %s (%s) is up: version %s, %d models, %d loaded", backend.name,
-                     backend.config.url, new.version or "?", len(new.models), len(new.loaded))
+            log.info("backend %s (%s) is up: version %s, %s, %d loaded", backend.name, backend.config.url,
+                     new.version or "?", counted(len(new.models), "model"), len(new.loaded))
         elif not new.healthy and (old.healthy or old.checked_at == 0.0):
             log.warning("backend %s (%s) is down: %s", backend.name, backend.config.url, new.error)
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from .wording import counted
+
 log = logging.getLogger("nomyo.usage")
 
 SCHEMA_VERSION = 1
@@ -160,7 +162,7 @@ class UsageStore:
             async with self._lock, self._open() as db:
                 await self._load_totals(db)
         except Exception as exc:
-            self._failed("cannot open the usage database", exc)
+            self._failed("cannot open the usage database (token counts are kept in memory, retrying)", exc)
         self._stop.clear()
         self._task = asyncio.create_task(self._run(), name="usage writer")
 
@@ -177,8 +179,8 @@ class UsageStore:
             if attempt + 1 < attempts:
                 await asyncio.sleep(0.2)
         if self._pending:
-            log.error("usage database %s: %d minute bucket(s) of token counts could not be written and are lost",
-                      self.path, len(self._pending))
+            log.error("usage database %s: %s of token counts could not be written and are lost",
+                      self.path, counted(len(self._pending), "minute bucket"))
 
     async def _run(self) -> None:
         """Flush every interval until stopped; a failure is logged and retried, never fatal."""
@@ -208,11 +210,11 @@ class UsageStore:
         if self._failing_since is None:
             self._failing_since = now
             self._last_reminder = now
-            log.error("usage database %s: %s: %s", self.path, what, _describe(exc))
+            log.error("usage database %s: %s: %s%s", self.path, what, _describe(exc), _remedy(exc))
         elif now - self._last_reminder >= ERROR_REMINDER_SECONDS:
             self._last_reminder = now
-            log.warning("usage database %s still failing for %.0fs (%d bucket(s) pending): %s",
-                        self.path, now - self._failing_since, len(self._pending), _describe(exc))
+            log.warning("usage database %s still failing for %.0fs (%s pending): %s",
+                        self.path, now - self._failing_since, counted(len(self._pending), "bucket"), _describe(exc))
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -377,6 +379,20 @@ async def _copy_original(db: aiosqlite.Connection) -> None:
                SELECT endpoint, model, date, input_tokens, output_tokens, total_tokens, input_tokens,
                    output_tokens FROM original_time_series_daily""")
         await db.execute("DROP TABLE original_time_series_daily")
+
+
+# What SQLite says when the file or its directory cannot be created or written.
+_ACCESS_ERRORS = ("unable to open database file", "readonly database", "read-only")
+
+
+def _remedy(exc: BaseException) -> str:
+    """The setting to change when the path itself is the problem (the default /var/lib/nomyo is
+    only writable under systemd's StateDirectory, not for a user running the router by hand)."""
+
+    if isinstance(exc, PermissionError) or any(text in str(exc).lower() for text in _ACCESS_ERRORS):
+        return ("; this user cannot write there: set `db_path` in the configuration (or NOMYO_ROUTER_DB_PATH"
+                " when the file sets none) to a file it may write")
+    return ""
 
 
 def _describe(exc: BaseException) -> str:

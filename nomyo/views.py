@@ -29,14 +29,28 @@ def token_breakdown(router: Router) -> list[dict[str, Any]]:
 
 def usage_view(router: Router) -> dict[str, Any]:
     """The original's /api/usage: requests in flight and total tokens per backend and model,
-    with the wait queue added."""
+    with the wait queue and the slot limit of each pair in use added (so a client draws "1 / 2"
+    from this alone)."""
 
     live = router.ledger.usage()
     tokens: dict[str, dict[str, int]] = {}
     for (backend, model), (tokens_in, tokens_out, _requests) in router.usage.totals().items():
         tokens.setdefault(backend, {})[model] = tokens_in + tokens_out
-    return {"usage_counts": live["usage_counts"], "token_usage_counts": tokens,
-            "queued": live["queued"], "queued_total": live["queued_total"]}
+    return {"usage_counts": live["usage_counts"], "slot_limits": slot_limits(router, live["usage_counts"]),
+            "token_usage_counts": tokens, "queued": live["queued"], "queued_total": live["queued_total"]}
+
+
+def slot_limits(router: Router, usage_counts: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """The slots of each backend-model pair in `usage_counts`, as routing sees them now (one while
+    a backend's circuit is half-open). A backend a reload removed while it still serves is left out."""
+
+    limits: dict[str, dict[str, int]] = {}
+    for name, models in usage_counts.items():
+        backend = router.fleet.backends.get(name)
+        if backend is not None:
+            half_open = backend.status.breaker == "half-open"
+            limits[name] = {model: 1 if half_open else backend.config.slots_for(model) for model in models}
+    return limits
 
 
 def loaded_models(router: Router, backend_name: str) -> list[dict[str, Any]]:
@@ -59,12 +73,15 @@ def loaded_models(router: Router, backend_name: str) -> list[dict[str, Any]]:
 
 
 def backend_views(router: Router) -> list[dict[str, Any]]:
-    """Each backend: health, version or error, models, what is loaded, slots and load now."""
+    """Each backend: health, version or error, models, what is loaded, slots and load now, and its
+    circuit breaker: state and the failures of the last minutes."""
 
     usage = router.ledger.usage()["usage_counts"]
+    since = time.monotonic() - router.metrics.recent.window  # the same "last minutes" as the models' timings
     views = []
     for backend in router.fleet.backends.values():
         status = backend.status
+        breaker = router.poller.breaker(backend)
         views.append({
             "name": backend.name,
             "url": backend.config.url,
@@ -77,6 +94,8 @@ def backend_views(router: Router) -> list[dict[str, Any]]:
             "loaded": loaded_models(router, backend.name),
             "max_concurrent_connections": backend.config.max_concurrent_connections,
             "in_flight": sum(usage.get(backend.name, {}).values()),
+            "errors": breaker.errors_since(since),
+            "last_error": breaker.last_error,
         })
     return views
 
@@ -85,4 +104,5 @@ def snapshot(router: Router) -> dict[str, Any]:
     """Everything the dashboard shows live: one SSE event."""
 
     return {**usage_view(router), "backends": backend_views(router), "tokens": token_breakdown(router),
+            "models": router.metrics.recent.summary(), "window_seconds": router.metrics.recent.window,
             "time": time.time()}

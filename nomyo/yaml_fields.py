@@ -1,7 +1,9 @@
 """Reading a YAML document with positions, so every configuration error can say file:line: key.
 
 ruamel.yaml's round-trip loader keeps the line of every key and list item; these readers use it
-to phrase errors the way an operator needs them, and expand `${VAR}` references.
+to phrase errors the way an operator needs them, and expand `${VAR}` references. A reader notes
+each problem in the file's `Problems` and goes on with the default, so one check of a file
+reports all its errors (an operator fixing them one run at a time would need as many runs).
 """
 
 from __future__ import annotations
@@ -14,16 +16,50 @@ ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class ConfigError(ValueError):
-    """A configuration problem, already phrased for the operator (file:line: key: what)."""
+    """Configuration problems, already phrased for the operator (file:line: key: what), in the
+    order of their lines. `str()` joins them with "; " (one line: logs and sd_notify STATUS);
+    `problems` has them one by one."""
+
+    def __init__(self, *problems: str, line: int = 0):
+        super().__init__("; ".join(problems))
+        self.problems = problems
+        self.line = line
+
+
+class Problems:
+    """Every error found in one file so far; `raise_any` once the whole file was read."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def note(self, error: ConfigError) -> None:
+        self.found.append(error)
+
+    def raise_any(self) -> None:
+        if self.found:
+            ordered = sorted(self.found, key=lambda error: error.line)  # stable: same line keeps its order
+            raise ConfigError(*(problem for error in ordered for problem in error.problems))
 
 
 class FieldReader:
-    """Reads one YAML mapping and phrases errors with the file, line and key."""
+    """Reads one YAML mapping and phrases errors with the file, line and key. An invalid value is
+    noted in `problems` and read as the default, so reading goes on to the next key."""
 
-    def __init__(self, path: str, node: Any, where: str = ""):
+    def __init__(self, path: str, node: Any, where: str = "", problems: Problems | None = None):
         self.path = path
         self.node = node
         self.where = where
+        self.problems = problems if problems is not None else Problems()
+
+    def nested(self, node: Any, where: str) -> FieldReader:
+        """A reader for a mapping inside this one, noting its errors with this one's."""
+
+        return FieldReader(self.path, node, where, self.problems)
+
+    def item(self, index: int, label: str) -> ListItem:
+        """The position of one item of this reader's list (for errors about the item itself)."""
+
+        return ListItem(self.path, self.node, index, label, self.problems)
 
     def line_of(self, key: str | None = None) -> int:
         lc = getattr(self.node, "lc", None)
@@ -38,7 +74,14 @@ class FieldReader:
 
     def error(self, key: str | None, message: str) -> ConfigError:
         label = f"{self.where}{key}" if key is not None else self.where.rstrip(".") or "config"
-        return ConfigError(f"{self.path}:{self.line_of(key)}: {label}: {message}")
+        line = self.line_of(key)
+        return ConfigError(f"{self.path}:{line}: {label}: {message}", line=line)
+
+    def invalid(self, key: str | None, message: str, default=None):
+        """Note the problem with `key` and read it as `default`."""
+
+        self.problems.note(self.error(key, message))
+        return default
 
     def check_keys(self, allowed: frozenset[str], ignored: frozenset[str] = frozenset()) -> list[str]:
         notes = []
@@ -46,8 +89,7 @@ class FieldReader:
             if key in ignored:
                 notes.append(f"{self.path}:{self.line_of(key)}: {self.where}{key}: not supported, ignored")
             elif key not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(key, f"unknown key (known keys: {known})")
+                self.invalid(key, f"unknown key (known keys: {', '.join(sorted(allowed))})")
         return notes
 
     def number(self, key: str, default, *, kind=float, minimum=None):
@@ -55,11 +97,11 @@ class FieldReader:
             return default
         value = self.node[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(key, f"must be a number, got {value!r}")
+            return self.invalid(key, f"must be a number, got {value!r}", default)
         if kind is int and not float(value).is_integer():
-            raise self.error(key, f"must be a whole number, got {value!r}")
+            return self.invalid(key, f"must be a whole number, got {value!r}", default)
         if minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value!r}")
+            return self.invalid(key, f"must be at least {minimum}, got {value!r}", default)
         return kind(value)
 
     def string(self, key: str, default=None, *, choices=None) -> str | None:
@@ -67,9 +109,9 @@ class FieldReader:
             return default
         value = self.node[key]
         if not isinstance(value, str):
-            raise self.error(key, f"must be a string, got {value!r}")
+            return self.invalid(key, f"must be a string, got {value!r}", default)
         if choices is not None and value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+            return self.invalid(key, f"must be one of {', '.join(choices)}, got {value!r}", default)
         return value
 
     def flag(self, key: str, default: bool) -> bool:
@@ -77,7 +119,7 @@ class FieldReader:
             return default
         value = self.node[key]
         if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, got {value!r}")
+            return self.invalid(key, f"must be true or false, got {value!r}", default)
         return value
 
     def strings(self, key: str) -> tuple[str, ...]:
@@ -88,7 +130,7 @@ class FieldReader:
             return ()
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
-            raise self.error(key, "must be a list of non-empty strings")
+            return self.invalid(key, "must be a list of non-empty strings", ())
         return tuple(item.strip() for item in items)
 
     def child(self, key: str, kind: type, kind_name: str):
@@ -96,7 +138,7 @@ class FieldReader:
         if value is None:
             return None
         if not isinstance(value, kind):
-            raise self.error(key, f"must be a {kind_name}")
+            return self.invalid(key, f"must be a {kind_name}")
         return value
 
 
@@ -120,8 +162,8 @@ def expand_env(value: str, reader: FieldReader, key: str, warnings: list[str]) -
 class ListItem(FieldReader):
     """A position inside a YAML list (for errors about one item)."""
 
-    def __init__(self, path, seq, index, label):
-        super().__init__(path, seq, "")
+    def __init__(self, path, seq, index, label, problems: Problems | None = None):
+        super().__init__(path, seq, "", problems)
         self.index = index
         self.label = label
 
@@ -132,7 +174,8 @@ class ListItem(FieldReader):
             return super().line_of()
 
     def error(self, key, message) -> ConfigError:
-        return ConfigError(f"{self.path}:{self.line_of()}: {self.label}: {message}")
+        line = self.line_of()
+        return ConfigError(f"{self.path}:{line}: {self.label}: {message}", line=line)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,19 @@ def test_state_machine():
     assert breaker.cooldown == 10
 
 
+def test_recent_failures_for_the_dashboard():
+    """Every failure is remembered (when, and why the latest), whatever the circuit did with it,
+    and a success does not wipe them: "errors in the last minutes" is history, not state."""
+
+    breaker = Breaker(threshold=3, cooldown=10)
+    breaker.failure(now=100, reason="cannot connect")
+    breaker.success()
+    breaker.failure(now=200, reason="status 500")
+    breaker.failure(now=250)
+    assert breaker.errors_since(0) == 3 and breaker.errors_since(150) == 2 and breaker.errors_since(300) == 0
+    assert breaker.last_error == "status 500"
+
+
 async def generate(http, router) -> tuple[int, dict]:
     async with http.post(router.url + "/api/generate", data=BODY) as resp:
         return resp.status, await resp.json()

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from nomyo.config import ConfigError, load_config, parse_listen
+from nomyo.config import TOP_KEYS, ConfigError, load_config, parse_listen
 from nomyo.names import normalize_model
 
 
@@ -94,6 +94,45 @@ def test_errors_name_file_line_and_key(tmp_path, text, expected):
         load_config(path)
     assert str(info.value).startswith(str(path))
     assert expected in str(info.value)
+
+
+def test_every_error_in_the_file_is_reported_at_once(tmp_path):
+    """A file with a mistake on nearly every line: one ConfigError lists each (file:line: key:
+    what) in the order of the lines, so the operator fixes them all in one go."""
+
+    path = write(tmp_path, """\
+        listen: nowhere
+        endpoints:
+          - http://a:11434
+          - ftp://b
+          - name: c
+            max_concurrent_connections: 0
+            model_slots: {"x": "two"}
+          - 42
+          - http://a:11434
+        max_queue: -1
+        bogus: 1
+        router_api_keys:
+          ops: ""
+        log_level: loud
+        """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert list(info.value.problems) == [f"{path}:{problem}" for problem in [
+        "1: listen: must be host:port (e.g. 127.0.0.1:12434), got 'nowhere'",
+        "2: endpoints: two endpoints are named 'a:11434' (http://a:11434 and http://a:11434);"
+        " give them distinct `name`s",
+        "4: endpoints[1]: must be an http:// or https:// URL, got 'ftp://b'",
+        "5: endpoints[2].url: is required",
+        "6: endpoints[2].max_concurrent_connections: must be at least 1, got 0",
+        "7: endpoints[2].model_slots.x: must be a number, got 'two'",
+        "8: endpoints[3]: must be a URL or a mapping",
+        "10: max_queue: must be at least 0, got -1",
+        f"11: bogus: unknown key (known keys: {', '.join(sorted(TOP_KEYS))})",
+        "13: router_api_keys.ops: must be a non-empty string",
+        "14: log_level: must be one of debug, info, warning, error, got 'loud'",
+    ]]
+    assert str(info.value) == "; ".join(info.value.problems)  # one line for the journal and sd_notify
 
 
 def test_unset_environment_variable_is_reported_not_sent(tmp_path, monkeypatch):

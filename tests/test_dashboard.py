@@ -1,14 +1,16 @@
 """The dashboard in a real browser (headless Debian Chromium) against the running router.
 
 Skipped only when Chromium is missing AND NOMYO_SKIP_BROWSER_TESTS=1 says that is expected;
-otherwise a missing browser fails the test (CI installs it). The screenshot is saved as
-tests/artifacts/dashboard.png for a person to look at.
+otherwise a missing browser fails the test (CI installs it). The screenshots are saved in
+tests/artifacts/ (dashboard.png, dashboard-after.png, dashboard-operator.png, dashboard-key.png)
+for a person to look at.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import orjson
@@ -89,4 +91,119 @@ async def test_dashboard_shows_backends_models_and_live_usage(fakes, start_route
                             " && document.getElementById('t-requests').textContent === '6'")
         assert (await page.evaluate(text_of("#live-body"))).startswith("idle")
         await page.screenshot(ARTIFACTS / "dashboard-after.png")
+    await router.settled()
+
+
+async def test_dashboard_asks_for_the_router_key_and_keeps_it_for_the_tab(fakes, start_router):
+    """1. The router requires a key; the page is opened without one.  2. The page asks for the key
+    (a key field, "key needed") instead of "reconnecting" forever.  3. A wrong key: "that key was
+    refused", the field stays.  4. The right key: the page goes live and shows the fleet.  5. A
+    reload of the tab connects at once: the key is kept in the tab's sessionStorage."""
+
+    assert CHROMIUM is not None, "chromium is not installed (apt-get install chromium)"
+    a = await fakes("gpu-a", loaded=["llama3:latest"])
+    router = await start_router([a], router_api_keys={"ops": "s3cret"})
+    form_shown = "(document.getElementById('key-form') || {hidden: true}).hidden === false"
+    async with Browser(CHROMIUM) as page:
+        await page.goto(router.url + "/")
+        await page.wait_for(form_shown + f" && {text_of('#live')} === 'key needed'")
+        await asyncio.sleep(1.5)  # EventSource would have retried by now: the page still asks
+        assert await page.evaluate(text_of("#live")) == "key needed"
+        await page.screenshot(ARTIFACTS / "dashboard-key.png")
+
+        await page.evaluate("document.getElementById('key-input').value = 'wrong';"
+                            "document.querySelector('#key-form button').click()")
+        await page.wait_for(form_shown + " && document.getElementById('key-status').textContent"
+                            " === 'that key was refused'")
+
+        await page.evaluate("document.getElementById('key-input').value = 's3cret';"
+                            "document.querySelector('#key-form button').click()")
+        await page.wait_for("document.getElementById('live').textContent === 'live'"
+                            " && document.getElementById('t-backends').textContent === '1 / 1'")
+        assert await page.evaluate(form_shown) is False
+        assert await page.evaluate("sessionStorage.getItem('nomyo-router-key')") == "s3cret"
+
+        await page.evaluate("window.beforeReload = true")
+        await page.call("Page.reload")
+        await page.wait_for(f"!window.beforeReload && {text_of('#live')} === 'live'"
+                            " && document.querySelectorAll('[data-model]').length === 1")
+        assert await page.evaluate(form_shown) is False
+    await router.settled()
+
+
+async def test_dashboard_gives_the_operator_slots_queue_errors_and_timings(fakes, start_router, http):
+    """1. gpu-a serves mistral (2 slots) and llama3 (1 slot), gpu-b llama3 (1 slot), gpu-c qwen2.
+    2. Four llama3 streams and two qwen2 answers complete: the models' timings.  3. gpu-c fails
+    three requests: its circuit opens.  4. Held on the backends: one mistral stream (1 of 2
+    slots), two llama3 streams, three more llama3 requests queued.  5. The page opens with
+    /api/config blocked: the slot bars are right from the live snapshot alone ("1 / 2"); the queue
+    shows once, fleet-wide and for llama3, not on each backend row; gpu-c shows its open circuit
+    and 3 errors; llama3 has time-to-first-token and duration percentiles, qwen2 (not streamed)
+    a duration only; every time on the page reads HH:MM:SS."""
+
+    assert CHROMIUM is not None, "chromium is not installed (apt-get install chromium)"
+    a = await fakes("gpu-a", models=["llama3:latest", "mistral:latest"], loaded=["llama3:latest", "mistral:latest"])
+    b = await fakes("gpu-b", models=["llama3:latest"], loaded=["llama3:latest"])
+    c = await fakes("gpu-c", models=["qwen2:latest"], loaded=["qwen2:latest"])
+    router = await start_router([
+        {"name": "gpu-a", "url": a.url, "max_concurrent_connections": 2, "model_slots": {"llama3": 1}},
+        {"name": "gpu-b", "url": b.url, "max_concurrent_connections": 1},
+        {"name": "gpu-c", "url": c.url, "max_concurrent_connections": 1}], breaker_cooldown=120)
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(4):
+        async with http.post(router.url + "/api/chat", json=chat) as resp:
+            assert resp.status == 200 and (await resp.read()).count(b"\n") > 1
+    generate = {"model": "qwen2", "prompt": "x", "stream": False}
+    for status in (200, 200, 502, 502, 502):
+        if status == 502:
+            c.fail_next(502, "bad gateway")
+        async with http.post(router.url + "/api/generate", json=generate) as resp:
+            assert resp.status == status
+    a.gate, b.gate = asyncio.Event(), asyncio.Event()
+    bodies = [orjson.dumps(chat | {"model": model}) for model in ["mistral"] + ["llama3"] * 5]
+    streams = [asyncio.create_task(http.post(router.url + "/api/chat", data=body)) for body in bodies]
+    await a.wait_until(lambda: a.active == 2)
+    await b.wait_until(lambda: b.active == 1)
+    await eventually(lambda: router.ledger.queued == 3, what="three llama3 requests queued")
+
+    try:
+        async with Browser(CHROMIUM) as page:
+            await page.call("Network.enable")
+            await page.call("Network.setBlockedURLs", urls=["*/api/config*"])
+            await page.goto(router.url + "/")
+            await page.wait_for("document.querySelectorAll('[data-live]').length === 3"
+                                " && document.querySelectorAll('[data-perf]').length === 3"
+                                " && document.querySelectorAll('#chart text').length > 2")
+            live = await page.evaluate("Object.fromEntries([...document.querySelectorAll('[data-live]')]"
+                                       ".map(r => [r.dataset.live, r.innerText.replace(/\\s+/g, ' ').trim()]))")
+            assert live == {"gpu-a/mistral:latest": "gpu-a mistral:latest 1 / 2",
+                            "gpu-a/llama3:latest": "gpu-a llama3:latest 1 / 1",
+                            "gpu-b/llama3:latest": "gpu-b llama3:latest 1 / 1"}
+            headers = await page.evaluate("[...document.querySelectorAll('#live-card th')].map(th => th.textContent)")
+            assert headers == ["Backend", "Model", "Slots in use"]
+            assert await page.evaluate(text_of("#t-queued")) == "3"
+            perf = await page.evaluate("Object.fromEntries([...document.querySelectorAll('[data-perf]')]"
+                                       ".map(r => [r.dataset.perf, [...r.cells].map(c => c.textContent)]))")
+            assert perf["llama3:latest"][:4] == ["llama3:latest", "2", "3", "4"]
+            assert all(re.fullmatch(r"\d+ ms|\d+\.\d+ s", cell) for cell in perf["llama3:latest"][4:])
+            assert perf["qwen2:latest"][:4] == ["qwen2:latest", "0", "0", "2"]
+            assert perf["qwen2:latest"][4:6] == ["–", "–"] and re.fullmatch(r"\d+ ms", perf["qwen2:latest"][6])
+            assert perf["mistral:latest"][:4] == ["mistral:latest", "1", "0", "0"]
+            gpu_c = await page.evaluate("document.querySelector('[data-backend=\"gpu-c\"]').innerText")
+            assert "\tup\topen\t3" in gpu_c and "last: answered 502" in gpu_c  # polls answer: up, but out of routing
+            errors = await page.evaluate("Object.fromEntries([...document.querySelectorAll('[data-errors]')]"
+                                         ".map(c => [c.dataset.errors, c.firstChild.textContent]))")
+            assert errors == {"gpu-a": "0", "gpu-b": "0", "gpu-c": "3"}
+            times = await page.evaluate("[document.getElementById('updated').textContent.replace('updated ', ''),"
+                                        " ...[...document.querySelectorAll('#chart text, #chart title')]"
+                                        ".map(t => t.textContent.split(': ')[0]).filter(t => t.includes(':'))]")
+            assert len(times) > 2 and all(re.fullmatch(r"\d\d:\d\d:\d\d", t) for t in times), times
+            await page.screenshot(ARTIFACTS / "dashboard-operator.png")
+    finally:
+        a.gate.set()
+        b.gate.set()
+    for task in streams:
+        async with await task as resp:
+            assert resp.status == 200
+            await resp.read()
     await router.settled()

@@ -127,3 +127,49 @@ async def test_router_key_guards_the_api_not_the_page(fakes, start_router, http)
     async with http.get(router.url + "/api/usage-stream?api_key=s3cret") as resp:
         assert resp.status == 200
         assert (await resp.content.readline()).startswith(b"data: ")
+
+
+async def test_usage_and_stream_carry_slot_limits_circuits_and_timings(fakes, start_router, http):
+    """1. gpu-a has 2 slots, gpu-b 1; gpu-b fails three requests and its circuit opens.  2. Two
+    streams complete on gpu-a, then one is held there.  3. /api/usage gives the held pair's slot
+    limit ("1 of 2" needs no /api/config); the first usage-stream event has it too, each
+    backend's circuit and recent errors, and llama3's time to first token and duration."""
+
+    a = await fakes("gpu-a", models=["llama3:latest"], loaded=["llama3:latest"])
+    b = await fakes("gpu-b", models=["qwen2:latest"], loaded=["qwen2:latest"])
+    router = await start_router([{"name": "gpu-a", "url": a.url, "max_concurrent_connections": 2},
+                                 {"name": "gpu-b", "url": b.url, "max_concurrent_connections": 1}],
+                                breaker_cooldown=120)
+    b.fail_next(502, "bad gateway", count=3)
+    for _ in range(3):
+        async with http.post(router.url + "/api/generate", json={"model": "qwen2", "prompt": "x"}) as resp:
+            assert resp.status == 502
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(2):
+        async with http.post(router.url + "/api/chat", json=chat) as resp:
+            assert resp.status == 200
+            await resp.read()
+    a.gate = asyncio.Event()
+    held = asyncio.create_task(http.post(router.url + "/api/chat", json=chat))
+    try:
+        await a.wait_until(lambda: a.active == 1)
+        async with http.get(router.url + "/api/usage") as resp:
+            usage = await resp.json()
+        assert usage["usage_counts"] == {"gpu-a": {"llama3:latest": 1}}
+        assert usage["slot_limits"] == {"gpu-a": {"llama3:latest": 2}}
+        async with http.get(router.url + "/api/usage-stream") as resp:
+            first = orjson.loads((await resp.content.readline()).removeprefix(b"data: "))
+    finally:
+        a.gate.set()
+        async with await held as resp:
+            await resp.read()
+    assert first["slot_limits"] == {"gpu-a": {"llama3:latest": 2}}
+    backends = {view["name"]: view for view in first["backends"]}
+    assert (backends["gpu-a"]["circuit"], backends["gpu-a"]["errors"]) == ("closed", 0)
+    assert (backends["gpu-b"]["circuit"], backends["gpu-b"]["errors"]) == ("open", 3)
+    assert backends["gpu-b"]["last_error"]
+    timing = first["models"]["llama3:latest"]
+    assert timing["requests"] == 2 and first["window_seconds"] == 300
+    assert 0 <= timing["ttft_p50"] <= timing["ttft_p95"] <= timing["duration_p95"]
+    assert 0 < timing["duration_p50"] <= timing["duration_p95"]
+    await router.settled()

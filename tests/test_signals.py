@@ -133,6 +133,41 @@ async def test_sd_notify_messages_in_order(fakes, daemon, tmp_path):
     assert int(reloading["MONOTONIC_USEC"]) > 0
 
 
+async def test_draining_status_is_sent_when_the_count_changes(fakes, daemon, tmp_path):
+    """1. One stream is held open on the backend.  2. SIGTERM: the daemon drains, looking at the
+    count every 50 ms.  3. Half a second later the stream is let go.  systemd got one
+    `STATUS=draining: 1 request in flight` (not one per look), and the log says `1 backend`,
+    `1 model`."""
+
+    a = await fakes("a", loaded=["llama3:latest"])
+    a.gate = asyncio.Event()
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    messages: list[str] = []
+
+    async def listen() -> None:  # as systemd does: a full socket would block the daemon's sends
+        while True:
+            messages.append((await asyncio.get_running_loop().sock_recv(sock, 4096)).decode())
+
+    listener = asyncio.create_task(listen())
+    router = await daemon(endpoints(a), env={"NOTIFY_SOCKET": path})
+    async with aiohttp.ClientSession() as http:
+        stream = asyncio.create_task(stream_lines(http, router.url))
+        await a.wait_until(lambda: a.active == 1)
+        router.signal(signal.SIGTERM)
+        await router.wait_for_log("letting in-flight requests finish")
+        await asyncio.sleep(0.5)
+        a.gate.set()
+        assert (await stream)[-1]["done"]
+    assert await router.wait() == 0
+    listener.cancel()
+    sock.close()
+    assert [m for m in messages if m.startswith("STATUS=draining:")] == ["STATUS=draining: 1 request in flight"]
+    assert "with 1 backend\n" in router.log + "\n" and ", 1 model, " in router.log
+
+
 async def test_watchdog_pings_when_systemd_asks_for_them(fakes, daemon, tmp_path):
     a = await fakes("a")
     path = str(tmp_path / "notify.sock")

@@ -99,8 +99,8 @@ async def test_scripted_mix_counts_exactly(fakes, start_router, http, tmp_path):
 
     async with http.get(router.url + "/api/usage") as resp:
         usage = await resp.json()
-    assert usage == {"usage_counts": {}, "token_usage_counts": {"a": {A_MODEL: 15}, "b": {B_MODEL: 13}},
-                     "queued": {}, "queued_total": 0}
+    assert usage == {"usage_counts": {}, "slot_limits": {}, "queued": {}, "queued_total": 0,
+                     "token_usage_counts": {"a": {A_MODEL: 15}, "b": {B_MODEL: 13}}}
 
     async with http.post(router.url + "/api/stats", json={"model": "qwen2"}) as resp:
         stats = await resp.json()

@@ -3,6 +3,7 @@ while it runs only delays the counts."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -123,4 +124,39 @@ async def test_database_made_read_only_while_running(fakes, daemons):
         assert read_db(db, "SELECT SUM(requests) FROM token_time_series") == [(3,)]
     finally:
         set_mode(work, 0o755)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def test_unwritable_db_path_names_the_setting_to_change(fakes, daemons):
+    """1. The daemon runs as an unprivileged user with `db_path` in a directory it may not write
+    (as the default /var/lib/nomyo/usage.db is off systemd).  2. It starts and serves anyway,
+    counting in memory.  3. The log has one error about it, naming the file, `db_path` and
+    NOMYO_ROUTER_DB_PATH: the settings to change; no traceback."""
+
+    a = await fakes("a", models=[A_MODEL])
+    work = Path(tempfile.mkdtemp(prefix="nomyo-unwritable-"))
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root writes anywhere: run as nobody, who may read but not write here
+        os.chown(work, NOBODY, NOBODY)
+        prefix = ("setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--")
+    locked = work / "state"
+    locked.mkdir(mode=0o555)
+    db = locked / "nomyo" / "usage.db"
+    try:
+        router = await daemons(work / "config.yaml", endpoints(a) + f"db_path: {db}\nflush_interval: 0.1\n", prefix)
+        async with aiohttp.ClientSession() as http:
+            assert (await post(http, router.url + "/api/chat", chat("llama3", "one", 1, False)))[0] == 200
+            await router.wait_for_log("tokens=1/1")
+            async with http.get(router.url + "/api/token_counts") as resp:
+                assert (await resp.json())["total_tokens"] == 2
+        await asyncio.sleep(0.3)  # a few flush intervals: the error is not repeated for each
+        router.signal(signal.SIGTERM)
+        assert await router.wait() == 0
+        errors = [line for line in router.lines if " ERROR " in line or line.startswith("<3>")]
+        assert len(errors) == 2, router.log  # the first failure, and the counts lost at exit
+        assert f"usage database {db}:" in errors[0]
+        assert "`db_path`" in errors[0] and "NOMYO_ROUTER_DB_PATH" in errors[0]
+        assert "Traceback" not in router.log
+    finally:
+        set_mode(locked, 0o755)
         shutil.rmtree(work, ignore_errors=True)

@@ -4,6 +4,7 @@
 "use strict";
 
 const state = { key: null, snapshot: null, config: null, modelsSignature: "", chartDue: 0, chartTokens: -1 };
+let source = null; // the live EventSource
 
 // ---- helpers -------------------------------------------------------------------------------
 
@@ -28,6 +29,17 @@ function fill(id, rows, emptyText, columns) {
 
 function fmt(n) {
   return Number(n || 0).toLocaleString("en-US");
+}
+
+// The one time format of the page: 24-hour local time, HH:MM:SS.
+function clock(epochSeconds) {
+  const d = new Date(epochSeconds * 1000);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+}
+
+function seconds(value) {
+  if (typeof value !== "number") return "–";
+  return value < 1 ? `${Math.round(value * 1000)} ms` : `${value.toFixed(value < 10 ? 2 : 1)} s`;
 }
 
 function bytes(n) {
@@ -55,16 +67,23 @@ function initKey() {
   state.key = sessionStorage.getItem("nomyo-router-key");
   document.getElementById("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.key = document.getElementById("key-input").value.trim();
-    sessionStorage.setItem("nomyo-router-key", state.key);
+    state.key = document.getElementById("key-input").value.trim() || null;
+    if (state.key) sessionStorage.setItem("nomyo-router-key", state.key);
+    else sessionStorage.removeItem("nomyo-router-key");
     document.getElementById("key-form").hidden = true;
     start();
   });
 }
 
-function askForKey(message) {
+// A 401 (no key) or 403 (a wrong one): stop retrying and ask, instead of "reconnecting" forever.
+function askForKey(status) {
+  if (source) { source.close(); source = null; }
+  const live = document.getElementById("live");
+  live.className = "live off";
+  live.textContent = "key needed";
   document.getElementById("key-form").hidden = false;
-  document.getElementById("key-status").textContent = message;
+  document.getElementById("key-status").textContent = status === 403 ? "that key was refused" : "";
+  document.getElementById("key-input").focus();
 }
 
 async function api(path, options = {}) {
@@ -72,8 +91,8 @@ async function api(path, options = {}) {
   if (state.key) headers.set("Authorization", `Bearer ${state.key}`);
   const response = await fetch(path, { ...options, headers });
   if (response.status === 401 || response.status === 403) {
-    askForKey(response.status === 401 ? "" : "that key was refused");
-    throw new Error(`${path}: ${response.status}`);
+    askForKey(response.status);
+    throw new Error(response.status === 401 ? "the router key is needed" : "that key was refused");
   }
   return response;
 }
@@ -92,9 +111,22 @@ function connect() {
   const source = new EventSource(url);
   const live = document.getElementById("live");
   source.onopen = () => { live.className = "live on"; live.textContent = "live"; };
-  source.onerror = () => { live.className = "live off"; live.textContent = "reconnecting"; };
+  source.onerror = () => {
+    live.className = "live off";
+    live.textContent = "reconnecting";
+    whyNotConnected();
+  };
   source.onmessage = (event) => render(JSON.parse(event.data));
   return source;
+}
+
+// EventSource hides the status of a refused connection: ask a plain request whether it is the key.
+async function whyNotConnected() {
+  try {
+    await api("/api/usage");
+  } catch (error) {
+    // askForKey ran for 401/403; anything else: the browser keeps reconnecting
+  }
 }
 
 function render(snapshot) {
@@ -102,8 +134,9 @@ function render(snapshot) {
   renderTiles(snapshot);
   renderBackends(snapshot);
   renderLive(snapshot);
+  renderModelsNow(snapshot);
   renderTokens(snapshot);
-  document.getElementById("updated").textContent = "updated " + new Date(snapshot.time * 1000).toLocaleTimeString();
+  document.getElementById("updated").textContent = "updated " + clock(snapshot.time);
   const signature = snapshot.backends.map((b) => `${b.name}:${b.status}:${b.models}:${b.loaded.length}`).join("|");
   if (signature !== state.modelsSignature) {
     state.modelsSignature = signature;
@@ -139,40 +172,59 @@ function renderBackends(s) {
       el("td", {}, el("strong", {}, b.name), el("div", { class: "small" }, `${b.url} · ${b.type}`)),
       el("td", {}, el("span", { class: `pill ${b.status}` }, b.status === "ok" ? "up" : "down"),
         b.error ? el("div", { class: "error-text" }, b.error) : null),
+      el("td", {}, el("span", { class: `pill circuit-${b.circuit}` }, b.circuit)),
+      el("td", { class: "num", "data-errors": b.name }, fmt(b.errors),
+        b.errors && b.last_error ? el("div", { class: "error-text" }, `last: ${b.last_error}`) : null),
       el("td", {}, b.version || "–"),
       el("td", { class: "num" }, fmt(b.models)),
       el("td", {}, ...loaded),
       el("td", { class: "num" }, fmt(b.in_flight)));
   });
-  fill("backends-body", rows, "no backends configured", 6);
+  fill("backends-body", rows, "no backends configured", 8);
 }
 
-function slotsFor(backend, model) {
+// The slot limit of a backend-model pair: in the snapshot itself (right on the first render),
+// else from /api/config, else the count (a backend a reload just removed).
+function slotsFor(s, backend, model, count) {
+  const limit = s.slot_limits && s.slot_limits[backend] && s.slot_limits[backend][model];
+  if (limit) return limit;
   const info = state.config && state.config.endpoints.find((e) => e.name === backend);
-  const perModel = info && info.model_slots && info.model_slots[model];
-  return perModel || (info ? info.max_concurrent_connections : null);
+  return (info && ((info.model_slots || {})[model] || info.max_concurrent_connections)) || count;
 }
 
 function renderLive(s) {
   const rows = [];
-  const queued = s.queued || {};
-  const models = new Set(Object.keys(queued));
   for (const [backend, perModel] of Object.entries(s.usage_counts)) {
     for (const [model, count] of Object.entries(perModel)) {
-      models.delete(model);
-      const slots = slotsFor(backend, model) || count;
+      const slots = slotsFor(s, backend, model, count);
       const bar = el("span", { class: count >= slots ? "bar full" : "bar" }, el("span", {}));
       bar.firstChild.style.width = `${Math.min(100, (100 * count) / slots)}%`;
       rows.push(el("tr", { "data-live": `${backend}/${model}` }, el("td", {}, backend), el("td", {}, model),
-        el("td", {}, bar, el("span", { class: "bar-label" }, `${count} / ${slots}`)),
-        el("td", { class: "num" }, fmt(queued[model] || 0))));
+        el("td", {}, bar, el("span", { class: "bar-label" }, `${count} / ${slots}`))));
     }
   }
-  for (const model of models) {
-    rows.push(el("tr", { "data-live": `-/${model}` }, el("td", { class: "muted" }, "waiting"), el("td", {}, model),
-      el("td", { class: "muted" }, "no free slot"), el("td", { class: "num" }, fmt(queued[model]))));
+  const waiting = s.queued_total ? ` (${fmt(s.queued_total)} queued)` : "";
+  fill("live-body", rows, `idle: no request in flight${waiting}`, 3);
+}
+
+// Per model, once: in flight (all backends), queued, and how it answered over the last minutes.
+function renderModelsNow(s) {
+  const queued = s.queued || {};
+  const inFlight = {};
+  for (const perModel of Object.values(s.usage_counts)) {
+    for (const [model, count] of Object.entries(perModel)) inFlight[model] = (inFlight[model] || 0) + count;
   }
-  fill("live-body", rows, "idle: no request in flight", 4);
+  const recent = s.models || {};
+  const names = [...new Set([...Object.keys(recent), ...Object.keys(queued), ...Object.keys(inFlight)])].sort();
+  const rows = names.map((model) => {
+    const r = recent[model] || {};
+    return el("tr", { "data-perf": model }, el("td", {}, model),
+      el("td", { class: "num" }, fmt(inFlight[model])), el("td", { class: "num" }, fmt(queued[model])),
+      el("td", { class: "num" }, fmt(r.requests)),
+      ...[r.ttft_p50, r.ttft_p95, r.duration_p50, r.duration_p95].map((v) => el("td", { class: "num" }, seconds(v))));
+  });
+  const minutes = Math.round((s.window_seconds || 300) / 60);
+  fill("perf-body", rows, `no requests in the last ${minutes} minutes`, 8);
 }
 
 function renderTokens(s) {
@@ -322,13 +374,13 @@ function drawChart(data) {
     if (row) {
       const hIn = row.input_tokens * scale, hOut = row.output_tokens * scale;
       const group = svg("g", {});
-      group.append(svg("title", {}, `${new Date(minute * 1000).toLocaleTimeString()}: ${fmt(row.input_tokens)} in, ${fmt(row.output_tokens)} out, ${fmt(row.requests)} requests`));
+      group.append(svg("title", {}, `${clock(minute)}: ${fmt(row.input_tokens)} in, ${fmt(row.output_tokens)} out, ${fmt(row.requests)} requests`));
       group.append(svg("rect", { class: "in", x: x + 1, width: step - 2, y: height - bottom - hIn, height: hIn }));
       group.append(svg("rect", { class: "out", x: x + 1, width: step - 2, y: height - bottom - hIn - hOut, height: hOut }));
       root.append(group);
     }
     if (i % 15 === 0 || i === slots - 1) {
-      const label = new Date(minute * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+      const label = clock(minute);
       const anchor = i === 0 ? "start" : i === slots - 1 ? "end" : "middle";
       root.append(svg("text", { x: i === slots - 1 ? width : x + step / 2, y: height - 6, "text-anchor": anchor }, label));
     }
@@ -337,8 +389,6 @@ function drawChart(data) {
 }
 
 // ---- start ---------------------------------------------------------------------------------
-
-let source = null;
 
 function start() {
   if (source) source.close();

@@ -1,7 +1,10 @@
-"""`make demo`: the real router daemon in front of two simulated Ollama servers.
+"""`make demo`: the real router daemon in front of three simulated servers, both APIs at work.
 
-Runs anywhere (no GPU, no models): the simulated backends stream real NDJSON at a visible pace,
-and the router is started as its own process with a generated config, exactly as in production.
+Runs anywhere (no GPU, no models): two simulated Ollama servers (with Ollama's own `/v1`) and one
+simulated OpenAI-compatible server (shaped like vLLM) stream real NDJSON and SSE at a visible
+pace. The router is started as its own process with a generated config, exactly as in
+production, so an Ollama client asking for the vLLM model sees the router translate, and an
+OpenAI client finds every model under `/v1`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 import aiohttp
 
 from .ollama_backend import FakeOllama
+from .ollama_v1 import FakeOllamaV1
+from .openai_backend import FakeOpenAI
 
 DEFAULT_PORT = 12434
 
@@ -36,70 +41,115 @@ def free_port(preferred: int) -> int:
     raise RuntimeError("no free port")
 
 
-def write_config(directory: str, port: int, backends: list[FakeOllama]) -> Path:
+OLLAMA_REPLY = "Hello from {name}, one of the simulated Ollama servers."
+OPENAI_REPLY = "Hello from {name}, the simulated OpenAI-compatible server (vLLM), via the router."
+OPENAI_MODEL = "mistral-7b-instruct"
+
+
+def simulated_backends() -> tuple[list[FakeOllama], FakeOpenAI]:
+    ollama = [
+        FakeOllamaV1("ollama-a", models=["llama3.2:latest", "qwen3:0.6b"], loaded=["llama3.2:latest"],
+                     token_delay=0.05, reply=OLLAMA_REPLY),
+        FakeOllamaV1("ollama-b", models=["llama3.2:latest", "all-minilm:latest"], token_delay=0.05,
+                     reply=OLLAMA_REPLY),
+    ]
+    return ollama, FakeOpenAI("vllm-c", models=[OPENAI_MODEL], token_delay=0.05, reply=OPENAI_REPLY)
+
+
+def write_config(directory: str, port: int, ollama: list[FakeOllama], openai: FakeOpenAI) -> Path:
     lines = [f"listen: 127.0.0.1:{port}", "max_concurrent_connections: 2", "poll_interval: 1",
              f"db_path: {Path(directory) / 'usage.db'}", "endpoints:"]
-    for fake in backends:
+    for fake in ollama:
         lines += [f"  - name: {fake.name}", f"    url: {fake.url}"]
+    lines += [f"  - name: {openai.name}", f"    url: {openai.url}/v1", "    type: openai"]
     path = Path(directory) / "config.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-async def wait_ready(url: str, process: asyncio.subprocess.Process, timeout: float = 20.0) -> None:
+async def wait_ready(url: str, process: asyncio.subprocess.Process, expected: int, timeout: float = 20.0) -> None:
+    """Until the router answers and has seen every backend up (so the first try works)."""
+
     async with aiohttp.ClientSession() as session:
         for _ in range(int(timeout / 0.1)):
             if process.returncode is not None:
                 raise RuntimeError(f"the router exited with status {process.returncode}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url + "/api/tags") as resp:
-                    if resp.status == 200 and (await resp.json())["models"]:
+                async with session.get(url + "/health") as resp:
+                    if resp.status == 200 and (await resp.json())["healthy_backends"] == expected:
                         return
             await asyncio.sleep(0.1)
     raise RuntimeError("the router did not become ready")
 
 
-def banner(url: str, config: Path, backends: list[FakeOllama]) -> str:
-    names = ", ".join(f"{b.name} at {b.url}" for b in backends)
+def interpreter() -> str:
+    """This Python as the reader would type it (`.venv/bin/python` from the checkout)."""
+
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
+
+
+def client_lines(url: str) -> tuple[str, str]:
+    """One runnable line each for the `ollama` and `openai` Python clients (both in .venv)."""
+
+    python = interpreter()
+    hello = '[{"role": "user", "content": "hello"}]'
+    ollama = (f"{python} -c 'import ollama; print(ollama.Client(\"{url}\").chat(model=\"{OPENAI_MODEL}\", "
+              f"messages={hello}).message.content)'")
+    openai = (f"{python} -c 'import openai; print(openai.OpenAI(base_url=\"{url}/v1\", api_key=\"demo\")"
+              f".chat.completions.create(model=\"llama3.2\", messages={hello}).choices[0].message.content)'")
+    return ollama, openai
+
+
+def banner(url: str, config: Path, ollama: list[FakeOllama], openai: FakeOpenAI) -> str:
+    servers = [f"{b.name} at {b.url} (simulated Ollama: {', '.join(b.models)})" for b in ollama]
+    servers.append(f"{openai.name} at {openai.url}/v1 (simulated OpenAI-compatible server, vLLM: {OPENAI_MODEL})")
+    ollama_line, openai_line = client_lines(url)
+    listing = "\n            ".join(servers)
     return f"""
 nomyo-router demo
-  router:   {url}
-  backends: {names} (simulated Ollama)
-  config:   {config}
+  Ollama API: {url}
+  OpenAI API: {url}/v1   (base_url for OpenAI clients; any api_key)
+  dashboard:  {url}/   (open it in a browser)
+  backends:   {listing}
+  config:     {config}
 
 Try:
   curl {url}/api/tags
   curl {url}/api/chat -d '{{"model": "llama3.2", "messages": [{{"role": "user", "content": "hello"}}]}}'
-  curl {url}/api/generate -d '{{"model": "qwen3:0.6b", "prompt": "hi", "stream": false}}'
-  curl {url}/api/ps
+  curl {url}/v1/chat/completions -d '{{"model": "llama3.2", "messages": [{{"role": "user", "content": "hello"}}]}}'
+  curl {url}/v1/models
+
+The ollama client asking for {OPENAI_MODEL} (served by the OpenAI-compatible backend: the router
+translates), and the openai client asking for llama3.2 (served by Ollama):
+  {ollama_line}
+  {openai_line}
 
 Ctrl-C stops everything.
 """
 
 
 async def run(port: int, seconds: float | None) -> int:
-    backends = [
-        FakeOllama("ollama-a", models=["llama3.2:latest", "qwen3:0.6b"], loaded=["llama3.2:latest"],
-                   token_delay=0.05, reply="Hello from {name}, one of the simulated Ollama servers."),
-        FakeOllama("ollama-b", models=["llama3.2:latest", "all-minilm:latest"], token_delay=0.05,
-                   reply="Hello from {name}, one of the simulated Ollama servers."),
-    ]
-    for fake in backends:
+    ollama, openai = simulated_backends()
+    for fake in ollama:
         await fake.start()
+    await openai.start()
     port = free_port(port) if port else free_port(0)
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="nomyo-demo-") as directory:
-        config = write_config(directory, port, backends)
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nomyo", "--config", str(config))
+        config = write_config(directory, port, ollama, openai)
+        # its own session: Ctrl-C reaches the demo alone, which stops the router with one SIGTERM
+        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "nomyo", "--config", str(config),
+                                                       start_new_session=True)
         try:
-            await wait_ready(url, process)
-            print(banner(url, config, backends), flush=True)
+            await wait_ready(url, process, expected=len(ollama) + 1)
+            print(banner(url, config, ollama, openai), flush=True)
             await wait_for_stop(process, seconds)
         finally:
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)
                 await process.wait()
-            for fake in backends:
+            for fake in [*ollama, openai]:
                 await fake.stop()
     return 0
 

@@ -1,11 +1,13 @@
-"""FakeOllama plus Ollama's own OpenAI layer (`/v1/chat/completions`, `/v1/embeddings`,
-`/v1/models`) in the shapes of reference §15, for tests of /v1 requests routed to Ollama.
+"""FakeOllama plus Ollama's own OpenAI layer (`/v1/chat/completions`, `/v1/completions`,
+`/v1/embeddings`, `/v1/models`) in the shapes of reference §15, for tests of /v1 requests routed
+to Ollama and for `make demo`.
 
 `/v1/chat/completions` behaves like `/api/chat` around its own wire format: it loads the model
 (`load_delay`), takes a `num_parallel` slot, paces tokens (`token_delay`), waits on `gate` after
 the first token, and obeys the scripted faults (`hang`, `fail_next`, `fail_midstream` as an SSE
 error event, `cut_next`, `reset_next`, `garble_next` ("stream": a broken event, then the stream
-ends without `[DONE]`)), with the same counters."""
+ends without `[DONE]`)), with the same counters. `/v1/completions` loads, takes a slot and paces
+tokens the same way, without scripted faults."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class FakeOllamaV1(FakeOllama):
     def _add_routes(self, router: web.UrlDispatcher) -> None:
         super()._add_routes(router)
         router.add_post("/v1/chat/completions", self._v1_chat)
+        router.add_post("/v1/completions", self._v1_completions)
         router.add_post("/v1/embeddings", self._v1_embeddings)
         router.add_get("/v1/models", self._v1_models)
 
@@ -97,6 +100,41 @@ class FakeOllamaV1(FakeOllama):
             await response.write(b"data: {\"id\": \"chatcmpl-42\", \"choi\n\n\xff\xfe not an event\n\n")
         await response.write_eof()
         return response
+
+    async def _v1_completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        body = body if isinstance(body, dict) else {}
+        try:
+            return await self._inference(request, "", self._serve_v1_completions, body=body)
+        except ApiError as exc:
+            return v1_error(exc.status, exc.message)
+
+    async def _serve_v1_completions(self, request: web.Request, body: dict, ticket) -> web.StreamResponse:
+        """Reference §15.2: every chunk carries its text, the last one `finish_reason`."""
+        spec = self._spec(body.get("model") or "")
+        await self._load(spec, self.keep_alive_s, ticket)
+        tokens = fmt.word_tokens(self.reply.format(name=self.name, model=body["model"]))
+        head = {"id": "cmpl-7", "object": "text_completion", "created": int(time.time())}
+        tail = {"model": body["model"], "system_fingerprint": "fp_ollama"}
+        usage = {"prompt_tokens": 5, "completion_tokens": len(tokens), "total_tokens": 5 + len(tokens)}
+        async with self._slot(ticket.key):
+            if not body.get("stream"):
+                for _ in tokens:
+                    await asyncio.sleep(self.token_delay)
+                choice = {"text": "".join(tokens), "index": 0, "finish_reason": "stop"}
+                return web.json_response(head | {"choices": [choice]} | tail | {"usage": usage})
+            events = [head | {"choices": [{"text": t, "index": 0, "finish_reason": None}]} | tail for t in tokens]
+            events.append(head | {"choices": [{"text": "", "index": 0, "finish_reason": "stop"}]} | tail)
+            if (body.get("stream_options") or {}).get("include_usage"):
+                events.append(head | {"choices": []} | tail | {"usage": usage})
+            response = ticket.response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for event in events:
+                await asyncio.sleep(self.token_delay)
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
 
     async def _v1_embeddings(self, request: web.Request) -> web.Response:
         body = await request.json()
