@@ -91,6 +91,8 @@ class Config:
     flush_interval: float = 1.0
     usage_stream_interval: float = 0.25
     usage_stream_heartbeat: float = 15.0
+    # model (normalised) -> what /api/show says it can do, for OpenAI-compatible backends' models
+    model_capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
 
     @property
@@ -238,10 +240,12 @@ TOP_KEYS = frozenset(
         "keepalive_interval", "drain_timeout", "max_body_size", "routing_policy",
         "cold_load_spread", "breaker_threshold", "breaker_cooldown",
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
+        "model_capabilities",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROUTING_POLICIES = ("loaded-first", "original")
+CAPABILITIES = ("completion", "embedding", "tools", "vision", "thinking", "insert")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -273,6 +277,17 @@ def _router_keys(top: FieldReader, warnings: list[str]) -> dict[str, str]:
     if env_key:
         keys.setdefault("default", env_key)
     return keys
+
+
+def _model_capabilities(top: FieldReader) -> dict[str, tuple[str, ...]]:
+    table = top.child("model_capabilities", dict, "mapping of model name to a list of capabilities")
+    reader = FieldReader(top.path, table or {}, "model_capabilities.")
+    found = {}
+    for name, value in (table or {}).items():
+        if not isinstance(value, list) or not value or not all(v in CAPABILITIES for v in value):
+            raise reader.error(str(name), f"must be a non-empty list of: {', '.join(CAPABILITIES)}")
+        found[normalize_model(str(name))] = tuple(value)
+    return found
 
 
 def build_config(data: Any, path: str) -> Config:
@@ -316,6 +331,7 @@ def build_config(data: Any, path: str) -> Config:
         flush_interval=top.number("flush_interval", 1.0, minimum=0.01),
         usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
+        model_capabilities=MappingProxyType(_model_capabilities(top)),
         warnings=tuple(warnings),
     )
 

@@ -22,6 +22,7 @@ from .errors import RouterError, model_not_found
 from .fleet import Backend, Fleet
 from .keepalive import EARLY
 from .metrics import Metrics
+from .openai_models import note_answer
 from .policy import make_policy
 from .poller import Poller
 from .relay import relay
@@ -233,6 +234,7 @@ class Router:
         if changes_loaded or not was_loaded:
             self.poller.refresh_soon(backend)
         self._judge(backend, access)
+        note_answer(self.poller.facts, backend, model, path, access.outcome)
         return response
 
     def _learn(self, backend: Backend, model: str, access: AccessRecord, seconds: float, was_loaded: bool) -> None:

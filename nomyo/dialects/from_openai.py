@@ -9,7 +9,6 @@ measured and counted by the router (see `UsageMeter`). Shapes: reference §1, §
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -272,46 +271,3 @@ def embeddings_answer(obj: Any, meter: UsageMeter) -> dict:
     meter.observe(obj)
     vectors = vectors_of(obj)
     return {"embedding": vectors[0] if vectors else []}
-
-
-# -- model listings -------------------------------------------------------------------------------
-
-
-def ollama_tag(entry: dict) -> dict | None:
-    """An /api/tags entry for a model an OpenAI-compatible backend lists: Ollama's shape, with
-    what the listing tells (llama-server's `meta`, vLLM's `max_model_len`); unknowns left empty."""
-
-    ident = entry.get("id")
-    if not isinstance(ident, str) or not ident:
-        return None
-    created = entry.get("created") if isinstance(entry.get("created"), int) else int(time.time())
-    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-    details: dict[str, Any] = {"parent_model": "", "format": "gguf" if meta else "", "family": "",
-                               "families": None, "parameter_size": _parameter_size(meta.get("n_params")),
-                               "quantization_level": ""}
-    context = meta.get("n_ctx_train") or entry.get("max_model_len")
-    if isinstance(context, int):
-        details["context_length"] = context
-    if isinstance(meta.get("n_embd"), int):
-        details["embedding_length"] = meta["n_embd"]
-    return {"name": ident, "model": ident,
-            "modified_at": datetime.fromtimestamp(created, UTC).isoformat(),
-            "size": meta.get("size") if isinstance(meta.get("size"), int) else 0,
-            "digest": hashlib.sha256(ident.encode()).hexdigest(), "details": details}
-
-
-def _parameter_size(count: Any) -> str:
-    if not isinstance(count, int) or count <= 0:
-        return ""
-    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
-
-
-def ollama_show(entry: dict) -> dict | None:
-    """/api/show for a model only OpenAI-compatible backends have: what /api/tags knows, and the
-    `model_info` key ollama-python requires."""
-
-    tag = ollama_tag(entry)
-    if tag is None:
-        return None
-    return {"modelfile": "", "parameters": "", "template": "", "details": tag["details"], "model_info": {},
-            "capabilities": ["completion"], "modified_at": tag["modified_at"]}
