@@ -20,7 +20,7 @@ from aiohttp import web
 from .access import AccessRecord
 from .bridge import first_byte, model_id, open_upstream, read_all
 from .dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer
-from .dialects.ollama import NDJSON, is_load_or_unload
+from .dialects.ollama import NDJSON, is_load_or_unload, keeps_alive_zero
 from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, estimate_tokens, prompt_text
 from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
 from .errors import RouterError
@@ -47,14 +47,6 @@ def ollama_sender(request: web.Request, router, access: AccessRecord, path: str,
         return await exchange.run(path, model_id(backend, key, spelled))
 
     return send
-
-
-def keeps_alive_zero(value) -> bool:
-    """`keep_alive: 0` (or "0", "0s", "0m"): Ollama unloads the model."""
-
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value == 0
-    return isinstance(value, str) and value.rstrip("smh") in ("0", "0.0")
 
 
 class Exchange:

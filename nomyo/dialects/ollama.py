@@ -68,6 +68,14 @@ def is_load_or_unload(path: str, payload: dict[str, Any]) -> bool:
     return False
 
 
+def keeps_alive_zero(value: Any) -> bool:
+    """`keep_alive: 0` (or "0", "0s", "0m"): Ollama unloads the model."""
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value == 0
+    return isinstance(value, str) and value.rstrip("smh") in ("0", "0.0")
+
+
 # Ollama's metrics are the last fields of the final object, after `context` (which can run to
 # tens of kilobytes), so they are read off the end with a pattern, not by parsing the line. A
 # quote before the name keeps `"eval_count"` from matching inside `"prompt_eval_count"`, and a

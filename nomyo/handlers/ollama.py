@@ -25,6 +25,7 @@ from ..dialects.ollama import is_load_or_unload
 from ..errors import bad_request
 from ..keepalive import EARLY, EarlyStream
 from ..translate import ollama_sender
+from ..unload import is_unload, unload
 from .common import read_model_request
 
 # JSON types per field, for the fields Ollama itself would reject when mistyped (the typed
@@ -58,6 +59,9 @@ async def inference(request: web.Request) -> web.StreamResponse:
     incoming = await read_model_request(request)
     path, payload = request.path, incoming.payload
     check_types(path, payload)
+    if is_unload(path, payload):  # every backend that has it loaded, not one
+        return await unload(request, incoming.router, incoming.access, path, incoming.raw, incoming.model,
+                            incoming.key)
     loading = is_load_or_unload(path, payload)
     interval = incoming.router.config.keepalive_interval
     if interval and path in STREAMING and payload.get("stream") is not False and not loading:
