@@ -22,7 +22,7 @@ from .bridge import first_byte, model_id, open_upstream, read_all
 from .dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer
 from .dialects.ollama import NDJSON, is_load_or_unload, keeps_alive_zero
 from .dialects.openai import DONE, SSE, SSEParser, UsageMeter, error_message, estimate_tokens, prompt_text
-from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
+from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_context, generate_request
 from .errors import RouterError
 from .fleet import Backend
 from .keepalive import end_stream, open_stream
@@ -80,7 +80,8 @@ class Exchange:
             self.access.status = upstream.status
             if upstream.status >= 400:
                 return await self._error(upstream)
-            translator = ToOllama(self.model, chat, meter, started_ns=self.started_ns, collect=not stream)
+            translator = ToOllama(self.model, chat, meter, started_ns=self.started_ns, collect=not stream,
+                                  context=None if chat else generate_context(self.body, payload))
             if stream and upstream.headers.get("Content-Type", "").startswith(SSE):
                 return await self._stream(upstream, translator)
             return await self._whole(upstream, translator, stream)

@@ -98,8 +98,8 @@ async def test_generate_embed_and_embeddings(backends, start_router):
     answer = await client.generate(model="tiny", prompt="hello", options={"temperature": 0.1})
     assert (answer.response, answer.done_reason, answer.eval_count) == ("Hello from llama", "stop", 3)
     assert answer.eval_duration == 40_000_000  # llama-server's timings.predicted_ms
-    assert fake.seen("/v1/completions")[-1].json == {"model": "tiny", "prompt": "hello", "temperature": 0.1,
-                                                     "stream": False}
+    assert fake.seen("/v1/chat/completions")[-1].json == {
+        "model": "tiny", "messages": [{"role": "user", "content": "hello"}], "temperature": 0.1, "stream": False}
     parts = [p async for p in await client.generate(model="tiny", prompt="hello", stream=True)]
     assert "".join(p.response for p in parts) == "Hello from llama" and parts[-1].prompt_eval_count == 1
     batch = await client.embed(model="tiny", input=["a", "bb", "ccc"])

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from .context import encode
 from .openai import UsageMeter, estimate_tokens, l2_normalize, vectors_of
 
 log = logging.getLogger("nomyo.translate")
@@ -88,8 +89,11 @@ class ToOllama:
     the one response object) and returns the Ollama lines it yields; `final()` is the done line.
     With `collect`, text is gathered for one non-streamed answer instead of returned."""
 
-    def __init__(self, model: str, chat: bool, meter: UsageMeter, *, started_ns: int, collect: bool = False):
+    def __init__(self, model: str, chat: bool, meter: UsageMeter, *, started_ns: int, collect: bool = False,
+                 context: list[dict] | None = None):
         self.model = model
+        self.context = context  # a generate's messages: the done line carries them as `context`
+        self.answer: list[str] = []
         self.chat = chat
         self.meter = meter
         self.collect = collect
@@ -134,6 +138,8 @@ class ToOllama:
         if not (text or thinking or logprobs):
             return []
         self._generated()
+        if self.context is not None:
+            self.answer.append(text)
         if self.collect:
             self.text.append(text)
             self.thinking.append(thinking)
@@ -220,6 +226,8 @@ class ToOllama:
         reason = self.finish or ("stop" if ended else None)
         if reason:
             line["done_reason"] = DONE_REASONS.get(reason, reason)
+        if self.context is not None:
+            line["context"] = encode([*self.context, {"role": "assistant", "content": "".join(self.answer)}])
         line.update(self.metrics())
         return line
 

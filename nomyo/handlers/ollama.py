@@ -21,7 +21,7 @@ from ..dialects.fields import (
     check_fields,
     check_items,
 )
-from ..dialects.ollama import is_load_or_unload
+from ..dialects.ollama import check_semantics, is_load_or_unload
 from ..errors import bad_request
 from ..keepalive import EARLY, EarlyStream
 from ..translate import ollama_sender
@@ -48,6 +48,7 @@ STREAMING = ("/api/chat", "/api/generate")
 def check_types(path: str, payload: dict) -> None:
     check_fields(payload, FIELD_TYPES.get(path, {}))
     check_items(payload, ITEM_TYPES.get(path, {}))
+    check_semantics(path, payload)
     inputs = payload.get("input")
     if path == "/api/embed" and isinstance(inputs, list) and not all(isinstance(i, str) for i in inputs):
         raise bad_request("invalid input type", param="input")
