@@ -8,6 +8,7 @@ import math
 import struct
 
 import orjson
+import pytest
 
 from nomyo.config import build_config
 from nomyo.dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer
@@ -220,7 +221,8 @@ def test_embeddings_normalised_for_embed_raw_for_legacy():
     answer = {"data": [{"index": 1, "embedding": [0.0, 2.0]}, {"index": 0, "embedding": [3.0, 4.0]}],
               "usage": {"prompt_tokens": 6, "total_tokens": 6}}
     out = embed_answer(answer, "e", UsageMeter(), 0)
-    assert out["model"] == "e" and out["embeddings"] == [[0.6, 0.8], [0.0, 1.0]]
+    assert out["model"] == "e" and [float(x) for v in out["embeddings"] for x in v] == pytest.approx([0.6, 0.8, 0, 1])
+    assert orjson.dumps(out["embeddings"], option=orjson.OPT_SERIALIZE_NUMPY) == b"[[0.6,0.8],[0.0,1.0]]"
     assert out["prompt_eval_count"] == 6
     legacy = embeddings_answer({"data": [{"index": 0, "embedding": [3.0, 4.0]}]}, UsageMeter())
     assert legacy == {"embedding": [3.0, 4.0]}

@@ -284,11 +284,21 @@ class FakeOpenAI:
                                       "function": {"name": tool[0], "arguments": orjson.dumps(tool[1]).decode()}}]
             finish = "tool_calls"
         answer = self._head("chat.completion") | {"model": body["model"], "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+            {"index": 0, "message": message, "logprobs": self._logprobs(body, tokens), "finish_reason": finish}]}
         answer["usage"] = self._usage(body, len(tokens))
         if self.flavour == "llama-server":
             answer["timings"] = self._timings(body, len(tokens))
         return self.answer(answer)
+
+    @staticmethod
+    def _logprobs(body: dict, tokens: list[str]) -> dict | None:
+        """Chat logprobs as OpenAI and vLLM write them: `top_logprobs` is `[]` unless asked for."""
+        if not body.get("logprobs"):
+            return None
+        top = body.get("top_logprobs") or 0
+        return {"content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode()),
+                             "top_logprobs": [{"token": t, "logprob": -0.5, "bytes": list(t.encode())}][:top]}
+                            for t in tokens]}
 
     def _chat_events(self, body: dict, tokens: list[str], finish: str, tool) -> list[dict]:
         head = self._head("chat.completion.chunk") | {"model": body["model"]}
