@@ -83,7 +83,7 @@ class Config:
     drain_timeout: float = 60.0
     max_body_size: int = 100 * 1024 * 1024
     routing_policy: str = "loaded-first"
-    cold_load_spread: int = 1
+    cold_load_spread: int = 2
     breaker_threshold: int = 3
     breaker_cooldown: float = 10.0
     log_level: str = "info"
@@ -322,7 +322,7 @@ def build_config(data: Any, path: str) -> Config:
         drain_timeout=top.number("drain_timeout", 60.0, minimum=0),
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),
         routing_policy=top.string("routing_policy", "loaded-first", choices=ROUTING_POLICIES),
-        cold_load_spread=top.number("cold_load_spread", 1, kind=int, minimum=1),
+        cold_load_spread=top.number("cold_load_spread", 2, kind=int, minimum=1),
         breaker_threshold=top.number("breaker_threshold", 3, kind=int, minimum=1),
         breaker_cooldown=top.number("breaker_cooldown", 10.0, minimum=0.1),
         log_level=top.string("log_level", "info", choices=LOG_LEVELS),

@@ -76,6 +76,7 @@ class ConnectionTable:
         self._listeners: list[Callable[[], None]] = []
         self._load_times: dict[tuple[str, str], float] = {}  # kept across reloads: same names, same machines
         self._run_times: dict[str, float] = {}
+        self._loading_since: dict[tuple[str, str], float] = {}  # when a load's first request was placed
         self.policy = policy
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
@@ -173,6 +174,8 @@ class ConnectionTable:
 
     def _reserve(self, backend: Backend, model: str) -> Lease:
         key = (backend.name, model)
+        if key not in self._inflight and not backend.status.is_loaded(model, time.time()):
+            self._loading_since[key] = time.time()
         self._inflight[key] = self._inflight.get(key, 0) + 1
         self._load[backend.name] = self._load.get(backend.name, 0) + 1
         self._changed()
@@ -185,6 +188,7 @@ class ConnectionTable:
             self._inflight[key] = remaining
         else:
             self._inflight.pop(key, None)
+            self._loading_since.pop(key, None)
         load = self._load.get(lease.backend.name, 0) - 1
         if load > 0:
             self._load[lease.backend.name] = load
@@ -268,6 +272,9 @@ class ConnectionTable:
 
     def run_time(self, model: str) -> float | None:
         return self._run_times.get(model)
+
+    def loading_since(self, key: tuple[str, str]) -> float | None:
+        return self._loading_since.get(key)
 
     def waiting(self, model: str) -> int:
         return sum(len(queue) for key, queue in self._waiters.items() if key[0] == model)
