@@ -39,6 +39,7 @@ PROPS_RETRY = 60.0  # seconds before a failed /props is asked again
 # largest duration, some 292 years on.
 FOREVER_AT = "2318-01-01T00:00:00Z"
 EMBEDDING_PATHS = frozenset({"/api/embed", "/api/embeddings", "/v1/embeddings"})
+COMPLETION_PATHS = frozenset({"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"})
 
 GetJson = Callable[[str], Awaitable[Any]]
 
@@ -89,7 +90,7 @@ class OpenAIFacts:
     def __init__(self) -> None:
         self._props: dict[tuple[str, str], dict] = {}
         self._asked: dict[tuple[str, str], float] = {}
-        self._embedding: set[tuple[str, str]] = set()
+        self._answered: set[tuple[str, str, str]] = set()  # (backend, model, "embedding"/"completion")
 
     async def refresh(self, backend: Backend, entries: tuple[dict, ...], get_json: GetJson, timeout: float) -> None:
         """Ask llama-server's `/props` for loaded models not asked yet (within `timeout`: a slow
@@ -124,19 +125,23 @@ class OpenAIFacts:
     def props(self, backend: Backend, ident: str) -> dict:
         return self._props.get((backend.name, ident), {})
 
-    def saw_embedding(self, backend: Backend, key: str) -> None:
-        self._embedding.add((backend.name, key))
+    def saw(self, backend: Backend, key: str, capability: str) -> None:
+        self._answered.add((backend.name, key, capability))
 
-    def embeds(self, backend: Backend, key: str) -> bool:
-        return (backend.name, key) in self._embedding
+    def answered(self, backend: Backend, key: str, capability: str) -> bool:
+        return (backend.name, key, capability) in self._answered
 
 
 def note_answer(facts: OpenAIFacts, backend: Backend, key: str, path: str, outcome: str | None) -> None:
     """After a routed request: an embeddings answer from an OpenAI-compatible backend shows its
-    model is an embedding model (no such server says so in its listing)."""
+    model embeds (no such server says so in its listing); a completion, that it completes."""
 
-    if outcome == "ok" and path in EMBEDDING_PATHS and not backend.config.is_ollama:
-        facts.saw_embedding(backend, key)
+    if outcome != "ok" or backend.config.is_ollama:
+        return
+    if path in EMBEDDING_PATHS:
+        facts.saw(backend, key, "embedding")
+    elif path in COMPLETION_PATHS:
+        facts.saw(backend, key, "completion")
 
 
 # -- Ollama's shapes ------------------------------------------------------------------------------
@@ -152,7 +157,8 @@ class Described:
         self.key = normalize_model(self.ident)
         self.meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
         self.props = facts.props(backend, self.ident) if facts is not None else {}
-        self.embeds = facts is not None and facts.embeds(backend, self.key)
+        self.embeds = facts is not None and facts.answered(backend, self.key, "embedding")
+        self.completes = facts is not None and facts.answered(backend, self.key, "completion")
         self.configured = (configured or {}).get(self.key)
         self.llama = backend.config.type == "llama-server"
 
@@ -175,9 +181,10 @@ class Described:
         if self.configured:
             return list(self.configured)
         declared = self.entry.get("capabilities") if isinstance(self.entry.get("capabilities"), list) else []
-        if self.embeds or self.entry.get("type") in ("embedding", "embeddings") or "embedding" in declared:
+        embeds = self.embeds or self.entry.get("type") in ("embedding", "embeddings") or "embedding" in declared
+        if embeds and not self.completes:
             return ["embedding"]
-        found = ["completion"]
+        found = ["completion", "embedding"] if embeds else ["completion"]
         caps = self.props.get("chat_template_caps")
         if "tools" in declared or (isinstance(caps, dict) and caps.get("supports_tools") is True):
             found.append("tools")
