@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/nomyo/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test lint bench bench-fleet clean browser
+.PHONY: setup run demo test lint bench bench-fleet clean browser node-clients
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,17 @@ browser:
 		{ [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
 		echo "chromium is missing: install Debian's chromium, or set NOMYO_SKIP_BROWSER_TESTS=1"
 
-test: setup browser $(if $(filter 1,$(NOMYO_SKIP_LLAMA)),,$(LLAMA_STAMP))
+# Clients nobody here wrote (ollama-js, openai-node), pinned in tests/js/package-lock.json, run on
+# Debian's Node (nodejs, npm); NOMYO_SKIP_NODE=1 skips those tests.
+JS_STAMP := tests/js/node_modules/.package-lock.json
+$(JS_STAMP): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+
+node-clients:
+	@[ "$(NOMYO_SKIP_NODE)" = 1 ] || { command -v npm >/dev/null && $(MAKE) -s $(JS_STAMP); } || \
+		echo "node/npm are missing: apt-get install nodejs npm, or set NOMYO_SKIP_NODE=1"
+
+test: setup browser node-clients $(if $(filter 1,$(NOMYO_SKIP_LLAMA)),,$(LLAMA_STAMP))
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
@@ -51,7 +61,7 @@ bench-fleet: setup
 	$(PY) -m tests.bench.fleet
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench-results tests/artifacts
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache bench-results tests/artifacts tests/js/node_modules
 
 # ---------------------------------------------------------------------------------------------
 # make install [DESTDIR=/staging] [PREFIX=/usr/local] [VENVDIR=/opt/nomyo-router] [INSTALL_PYTHON=/usr/bin/python3]

@@ -24,6 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from .endpoint_config import ENDPOINT_TYPES, EndpointBuilder, EndpointConfig
+from .names import normalize_model
 from .yaml_fields import ConfigError, FieldReader, expand_env
 
 __all__ = ["ENDPOINT_TYPES", "Config", "ConfigError", "EndpointConfig", "build_config", "load_config"]
@@ -71,7 +72,7 @@ class Config:
     drain_timeout: float = 60.0
     max_body_size: int = 100 * 1024 * 1024
     routing_policy: str = "loaded-first"
-    cold_load_spread: int = 1
+    cold_load_spread: int = 2
     breaker_threshold: int = 3
     breaker_cooldown: float = 10.0
     log_level: str = "info"
@@ -79,6 +80,8 @@ class Config:
     flush_interval: float = 1.0
     usage_stream_interval: float = 0.25
     usage_stream_heartbeat: float = 15.0
+    # model (normalised) -> what /api/show says it can do, for OpenAI-compatible backends' models
+    model_capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
 
     @property
@@ -100,10 +103,12 @@ TOP_KEYS = frozenset(
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
         "admin_api_keys", "health_requires_key", "allowed_origins", "allowed_hosts",
         "client_header_timeout", "client_body_timeout", "keepalive_timeout", "max_connections",
+        "model_capabilities",
     }
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROUTING_POLICIES = ("loaded-first", "original")
+CAPABILITIES = ("completion", "embedding", "tools", "vision", "thinking", "insert")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -173,6 +178,15 @@ def _require_endpoints(top: FieldReader, endpoints: tuple[EndpointConfig, ...]) 
     raise top.error("endpoints" if "endpoints" in top.node else None,
                     "no backends configured: list at least one backend URL under `endpoints:` "
                     "(or `llama_server_endpoints:`)")
+def _model_capabilities(top: FieldReader) -> dict[str, tuple[str, ...]]:
+    table = top.child("model_capabilities", dict, "mapping of model name to a list of capabilities")
+    reader = FieldReader(top.path, table or {}, "model_capabilities.")
+    found = {}
+    for name, value in (table or {}).items():
+        if not isinstance(value, list) or not value or not all(v in CAPABILITIES for v in value):
+            raise reader.error(str(name), f"must be a non-empty list of: {', '.join(CAPABILITIES)}")
+        found[normalize_model(str(name))] = tuple(value)
+    return found
 
 
 def build_config(data: Any, path: str) -> Config:
@@ -210,7 +224,7 @@ def build_config(data: Any, path: str) -> Config:
         drain_timeout=top.number("drain_timeout", 60.0, minimum=0),
         max_body_size=top.number("max_body_size", 100 * 1024 * 1024, kind=int, minimum=1024),
         routing_policy=top.string("routing_policy", "loaded-first", choices=ROUTING_POLICIES),
-        cold_load_spread=top.number("cold_load_spread", 1, kind=int, minimum=1),
+        cold_load_spread=top.number("cold_load_spread", 2, kind=int, minimum=1),
         breaker_threshold=top.number("breaker_threshold", 3, kind=int, minimum=1),
         breaker_cooldown=top.number("breaker_cooldown", 10.0, minimum=0.1),
         log_level=top.string("log_level", "info", choices=LOG_LEVELS),
@@ -219,6 +233,7 @@ def build_config(data: Any, path: str) -> Config:
         flush_interval=top.number("flush_interval", 1.0, minimum=0.01),
         usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
+        model_capabilities=MappingProxyType(_model_capabilities(top)),
         warnings=tuple(warnings),
         **front_door,
     )

@@ -23,6 +23,7 @@ from .call import Call, Outcome
 from .errors import RouterError, model_not_found
 from .fleet import Backend
 from .ledger import Lease, Ledger, SlotRequest
+from .openai_models import note_answer
 from .plans import Whole, plan_for
 from .poller import Poller
 from .sinks import Sink
@@ -195,6 +196,7 @@ class Pipeline:
         if call.changes_loaded or not was_loaded:
             self.poller.refresh_soon(backend)
         self._judge(backend, outcome)
+        note_answer(self.poller.facts, backend, call.key, call.path, outcome.kind)
 
     def _learn(self, backend: Backend, model: str, outcome: Outcome, seconds: float, was_loaded: bool) -> None:
         """Remember how long loading and running took, for the next cold-load decision."""

@@ -12,10 +12,12 @@ from collections.abc import Callable
 class LearnedTimes:
     """Load times per (backend, model) and run times per model, as weighted averages."""
 
-    def __init__(self, waiting: Callable[[str], int]):
+    def __init__(self, waiting: Callable[[str], int],
+                 loading_since: Callable[[tuple[str, str]], float | None] = lambda key: None):
         self._load_times: dict[tuple[str, str], float] = {}
         self._run_times: dict[str, float] = {}
         self._waiting = waiting  # how many requests wait for a model (the ledger knows)
+        self._loading_since = loading_since  # when a load under way started (the ledger knows)
 
     def learn_load(self, backend: str, model: str, seconds: float) -> None:
         """Ollama reported how long loading `model` on `backend` took (`load_duration`)."""
@@ -36,6 +38,9 @@ class LearnedTimes:
 
     def waiting(self, model: str) -> int:
         return self._waiting(model)
+
+    def loading_since(self, key: tuple[str, str]) -> float | None:
+        return self._loading_since(key)
 
     def describe(self) -> dict:
         """Load and run times, for /api/config and the metrics."""

@@ -110,7 +110,8 @@ class LocalLedger:
         self._waiters: dict[tuple, deque[tuple[SlotRequest, asyncio.Future]]] = {}
         self._queued = 0
         self._listeners: list[Callable[[], None]] = []
-        self.learned = LearnedTimes(self.waiting)
+        self._loading_since: dict[tuple[str, str], float] = {}  # when a load's first request was placed
+        self.learned = LearnedTimes(self.waiting, self._loading_since.get)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever a slot is taken or freed, or the queue changes."""
@@ -187,13 +188,18 @@ class LocalLedger:
 
     def _reserve(self, backend: Backend, model: str) -> LocalLease:
         key = (backend.name, model)
+        if key not in self._inflight and not backend.status.is_loaded(model, time.time()):
+            self._loading_since[key] = time.time()
         self._inflight[key] = self._inflight.get(key, 0) + 1
         self._load[backend.name] = self._load.get(backend.name, 0) + 1
         self._changed()
         return LocalLease(self, backend, model)
 
     def _release(self, lease: LocalLease) -> None:
-        _decrement(self._inflight, (lease.backend.name, lease.model))
+        key = (lease.backend.name, lease.model)
+        _decrement(self._inflight, key)
+        if key not in self._inflight:
+            self._loading_since.pop(key, None)
         _decrement(self._load, lease.backend.name)
         self._changed()
         for key in [k for k in self._waiters if k[0] == lease.model]:

@@ -24,7 +24,7 @@ import orjson
 
 from .call import Call, Dialect
 from .dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer
-from .dialects.ollama import JSON_UTF8, NDJSON, answer_counts, answer_load_seconds, final_counts
+from .dialects.ollama import JSON_UTF8, NDJSON, answer_counts, answer_load_seconds, final_counts, keeps_alive_zero
 from .dialects.openai import (
     JSON,
     SSE,
@@ -35,7 +35,7 @@ from .dialects.openai import (
     prompt_text,
     usage_of,
 )
-from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_request
+from .dialects.to_openai import chat_request, embed_inputs, embed_request, generate_context, generate_request
 from .errors import RouterError, openai_error_body
 from .fleet import Backend
 from .framing import Framing, NdjsonRelay, SseRelay, SseToNdjson
@@ -216,6 +216,7 @@ class OllamaTranslated:
         self.ident = model_id(backend, call.key, call.model)
         self.meter = UsageMeter()
         self.chat = call.path == "/api/chat"
+        self.context = None
 
     def prepare(self) -> Send | Whole:
         call = self.call
@@ -228,6 +229,7 @@ class OllamaTranslated:
             path, payload = "/chat/completions", chat_request(call.payload, self.ident, kind, call.stream)
         else:
             path, payload = generate_request(call.payload, self.ident, kind, call.stream)
+            self.context = generate_context(call.payload, payload)  # the conversation, for Ollama's `context`
         self.meter.prompt_estimate = estimate_tokens(prompt_text(payload))
         return self._send(path, payload, early=call.stream)
 
@@ -260,7 +262,8 @@ class OllamaTranslated:
     def framing(self, upstream: aiohttp.ClientResponse) -> Framing | None:
         streams = upstream.status < 400 and upstream.headers.get("Content-Type", "").startswith(SSE)
         if self.call.stream and streams and self.call.path not in EMBED_PATHS:
-            translator = ToOllama(self.call.model, self.chat, self.meter, started_ns=self.call.started_ns)
+            translator = ToOllama(self.call.model, self.chat, self.meter, started_ns=self.call.started_ns,
+                                  context=self.context)
             return SseToNdjson(translator, self.backend.name)
         return None
 
@@ -272,7 +275,8 @@ class OllamaTranslated:
         obj = self._object(data)
         if self.call.path in EMBED_PATHS:
             return self._embed_answer(obj)
-        translator = ToOllama(self.call.model, self.chat, self.meter, started_ns=self.call.started_ns, collect=True)
+        translator = ToOllama(self.call.model, self.chat, self.meter, started_ns=self.call.started_ns, collect=True,
+                              context=self.context)
         translator.event(obj)
         final = translator.final()
         counts = (final.get("prompt_eval_count", 0), final.get("eval_count", 0))
@@ -297,12 +301,5 @@ class OllamaTranslated:
                 answer = embed_answer(obj, self.call.model, self.meter, self.call.started_ns)
         except (ValueError, TypeError) as exc:
             raise RouterError(502, f"backend {self.backend.name} sent invalid embeddings: {exc}") from None
-        return Whole(200, {"Content-Type": JSON_UTF8}, orjson.dumps(answer), "ok", self.meter.counts())
-
-
-def keeps_alive_zero(value) -> bool:
-    """`keep_alive: 0` (or "0", "0s", "0m"): Ollama unloads the model."""
-
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value == 0
-    return isinstance(value, str) and value.rstrip("smh") in ("0", "0.0")
+        body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)  # float32 vectors, as Ollama writes them
+        return Whole(200, {"Content-Type": JSON_UTF8}, body, "ok", self.meter.counts())

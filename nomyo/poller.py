@@ -26,6 +26,7 @@ from .upstream import describe, request_headers
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+from .openai_models import OpenAIFacts, loaded_models
 from .wording import counted
 
 log = logging.getLogger("nomyo.poller")
@@ -55,6 +56,7 @@ class Poller:
         self._tasks: dict[Backend, asyncio.Task] = {}
         self._locks: dict[Backend, asyncio.Lock] = {}
         self._soon: set[asyncio.Task] = set()
+        self.facts = OpenAIFacts()  # what OpenAI-compatible backends tell beyond their listing
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -226,16 +228,16 @@ class Poller:
         )
 
     async def _probe_openai(self, backend: Backend) -> BackendStatus:
-        """OpenAI-compatible servers list what they serve at /models; all of it is loaded."""
+        """OpenAI-compatible servers list what they serve at /models: all of it loaded, except
+        what llama-server's router mode says is not (see openai_models)."""
 
         listing = await self._get_json(backend, "/models")
-        ids = [m.get("id") for m in (listing.get("data") or []) if isinstance(m, dict)]
-        models = frozenset(normalize_model(i) for i in ids if isinstance(i, str) and i)
+        entries = tuple(m for m in listing.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)
+                        and m["id"])
+        await self.facts.refresh(backend, entries, lambda path: self._get_json(backend, path), self.timeout / 2)
         return BackendStatus(
-            healthy=True, models=models,
-            loaded=MappingProxyType({m: NEVER for m in models}),
-            tags=tuple(m for m in listing.get("data") or [] if isinstance(m, dict) and isinstance(m.get("id"), str)),
-            error=None,
+            healthy=True, models=frozenset(normalize_model(m["id"]) for m in entries),
+            loaded=MappingProxyType(dict.fromkeys(loaded_models(entries), NEVER)), tags=entries, error=None,
         )
 
     def _log_transition(self, backend: Backend, old: BackendStatus, new: BackendStatus) -> None:

@@ -8,10 +8,14 @@ import math
 import struct
 
 import orjson
+import pytest
 
-from nomyo.dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer, ollama_tag
+from nomyo.config import build_config
+from nomyo.dialects.from_openai import ToOllama, created_at, embed_answer, embeddings_answer
 from nomyo.dialects.openai import SSEParser, UsageMeter, decode_vector, error_message
 from nomyo.dialects.to_openai import chat_request, embed_request, generate_request, response_format, sampling
+from nomyo.fleet import Backend
+from nomyo.openai_models import Described, ollama_tag
 
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 JPEG = "/9j/4AAQSkZJRgABAQ=="
@@ -217,7 +221,8 @@ def test_embeddings_normalised_for_embed_raw_for_legacy():
     answer = {"data": [{"index": 1, "embedding": [0.0, 2.0]}, {"index": 0, "embedding": [3.0, 4.0]}],
               "usage": {"prompt_tokens": 6, "total_tokens": 6}}
     out = embed_answer(answer, "e", UsageMeter(), 0)
-    assert out["model"] == "e" and out["embeddings"] == [[0.6, 0.8], [0.0, 1.0]]
+    assert out["model"] == "e" and [float(x) for v in out["embeddings"] for x in v] == pytest.approx([0.6, 0.8, 0, 1])
+    assert orjson.dumps(out["embeddings"], option=orjson.OPT_SERIALIZE_NUMPY) == b"[[0.6,0.8],[0.0,1.0]]"
     assert out["prompt_eval_count"] == 6
     legacy = embeddings_answer({"data": [{"index": 0, "embedding": [3.0, 4.0]}]}, UsageMeter())
     assert legacy == {"embedding": [3.0, 4.0]}
@@ -246,7 +251,9 @@ def test_error_messages_of_every_shape():
 def test_created_at_and_tags_shapes():
     assert created_at(1_729_000_000_123_400_000) == "2024-10-15T13:46:40.1234Z"
     assert created_at(1_729_000_000_000_000_000) == "2024-10-15T13:46:40Z"
-    tag = ollama_tag({"id": "tiny", "created": 1729000000, "meta": {"n_params": 1_500_000, "size": 6, "n_embd": 64}})
+    config = build_config({"endpoints": [{"name": "l", "url": "http://h/v1", "type": "llama-server"}]}, "t.yaml")
+    entry = {"id": "tiny", "created": 1729000000, "meta": {"n_params": 1_500_000, "size": 6, "n_embd": 64}}
+    tag = ollama_tag(Described(Backend(config.endpoints[0]), entry, None))
     assert tag["name"] == tag["model"] == "tiny" and tag["size"] == 6 and len(tag["digest"]) == 64
     assert tag["details"]["parameter_size"] == "1.5M" and tag["details"]["embedding_length"] == 64
     assert orjson.loads(orjson.dumps(tag))["modified_at"].startswith("2024-10-15T13:46:40")

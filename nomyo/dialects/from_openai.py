@@ -9,19 +9,21 @@ measured and counted by the router (see `UsageMeter`). Shapes: reference §1, §
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 
-from .openai import UsageMeter, estimate_tokens, l2_normalize, vectors_of
+from .context import encode
+from .openai import UsageMeter, estimate_tokens, vectors_of
 
 log = logging.getLogger("nomyo.translate")
 # OpenAI finish reasons Ollama has no word for; Ollama reports a finished tool call as "stop".
 DONE_REASONS = {"tool_calls": "stop", "function_call": "stop"}
+DECODE_WEIGHT = 20  # prefill runs this many tokens in the time decoding makes one, roughly
 
 
 def created_at(ns: int | None = None) -> str:
@@ -59,8 +61,8 @@ def logprobs_of(choice: dict) -> list[dict] | None:
     data = choice.get("logprobs")
     if not isinstance(data, dict):
         return None
-    if isinstance(data.get("content"), list):
-        return [{k: v for k, v in item.items() if k in ("token", "logprob", "bytes", "top_logprobs")}
+    if isinstance(data.get("content"), list):  # `top_logprobs: []` (not asked for): Ollama omits it
+        return [{k: v for k, v in item.items() if k in ("token", "logprob", "bytes", "top_logprobs") and v != []}
                 for item in data["content"] if isinstance(item, dict)]
     tokens, values = data.get("tokens"), data.get("token_logprobs")
     if not isinstance(tokens, list) or not isinstance(values, list):
@@ -70,7 +72,7 @@ def logprobs_of(choice: dict) -> list[dict] | None:
     for i, (token, value) in enumerate(zip(tokens, values, strict=False)):
         item: dict[str, Any] = {"token": token, "logprob": value}
         top = tops[i] if i < len(tops) else None
-        if isinstance(top, dict):
+        if isinstance(top, dict) and top:
             item["top_logprobs"] = [{"token": t, "logprob": lp} for t, lp in top.items()]
         out.append(item)
     return out
@@ -89,8 +91,11 @@ class ToOllama:
     the one response object) and returns the Ollama lines it yields; `final()` is the done line.
     With `collect`, text is gathered for one non-streamed answer instead of returned."""
 
-    def __init__(self, model: str, chat: bool, meter: UsageMeter, *, started_ns: int, collect: bool = False):
+    def __init__(self, model: str, chat: bool, meter: UsageMeter, *, started_ns: int, collect: bool = False,
+                 context: list[dict] | None = None):
         self.model = model
+        self.context = context  # a generate's messages: the done line carries them as `context`
+        self.answer: list[str] = []
         self.chat = chat
         self.meter = meter
         self.collect = collect
@@ -135,6 +140,8 @@ class ToOllama:
         if not (text or thinking or logprobs):
             return []
         self._generated()
+        if self.context is not None:
+            self.answer.append(text)
         if self.collect:
             self.text.append(text)
             self.thinking.append(thinking)
@@ -221,8 +228,26 @@ class ToOllama:
         reason = self.finish or ("stop" if ended else None)
         if reason:
             line["done_reason"] = DONE_REASONS.get(reason, reason)
+        if self.context is not None:
+            line["context"] = encode([*self.context, {"role": "assistant", "content": "".join(self.answer)}])
         line.update(self.metrics())
         return line
+
+    def _measured(self, now: int, prompt: int, generated: int, prompt_ns: int | None,
+                  eval_ns: int | None) -> tuple[int, int]:
+        """Durations the backend did not report: a stream's prefill is the wait for its first
+        token; a whole answer's time is split between prefill and decoding (see `_split`)."""
+
+        streamed = self.first_ns is not None and not self.collect
+        if prompt_ns is None:
+            prompt_ns = self.first_ns - self.started_ns if streamed else _split(now - self.started_ns, prompt,
+                                                                                 generated)
+        if eval_ns is None:
+            if streamed:
+                eval_ns = max(1, (self.last_ns or now) - self.first_ns)
+            else:
+                eval_ns = max(1, now - self.started_ns - prompt_ns) if generated else 0
+        return prompt_ns, eval_ns
 
     def metrics(self) -> dict[str, int]:
         """Ollama's counts and durations (ns); zeros are omitted, as Ollama omits them."""
@@ -234,16 +259,19 @@ class ToOllama:
         timings = self.meter.timings or {}
         prompt_ns = _ms_to_ns(timings.get("prompt_ms"))
         eval_ns = _ms_to_ns(timings.get("predicted_ms"))
-        if prompt_ns is None:
-            prompt_ns = (self.first_ns - self.started_ns) if self.first_ns is not None and not self.collect else 0
-        if eval_ns is None:
-            if self.collect or self.first_ns is None:
-                eval_ns = now - self.started_ns if generated else 0
-            else:
-                eval_ns = max(1, (self.last_ns or now) - self.first_ns)
+        if prompt_ns is None or eval_ns is None:
+            prompt_ns, eval_ns = self._measured(now, prompt, generated, prompt_ns, eval_ns)
         values = {"total_duration": now - self.started_ns, "prompt_eval_count": prompt,
                   "prompt_eval_duration": prompt_ns, "eval_count": generated, "eval_duration": eval_ns}
         return {k: int(v) for k, v in values.items() if v}
+
+
+def _split(total_ns: int, prompt: int, generated: int) -> int:
+    """The prefill's share of a whole answer's time, by token counts (a decoded token costs
+    about as much as prefilling DECODE_WEIGHT prompt tokens): a whole answer tells no more."""
+
+    weight = prompt + DECODE_WEIGHT * generated
+    return max(1, total_ns * prompt // weight) if prompt and weight else 0
 
 
 def _ms_to_ns(value: Any) -> int | None:
@@ -255,11 +283,20 @@ def _ms_to_ns(value: Any) -> int | None:
 # -- embeddings -----------------------------------------------------------------------------------
 
 
+def l2_normalize32(vector: list[float]) -> np.ndarray:
+    """Unit length in float32, as Ollama's /api/embed computes and writes its vectors: a float32
+    array is written with float32's shortest digits (`0.012345679`, not `0.012345678901`)."""
+
+    values = np.asarray(vector, dtype=np.float32)
+    norm = np.float32(np.sqrt(np.dot(values, values)))
+    return values / norm if norm > 0 else values
+
+
 def embed_answer(obj: Any, model: str, meter: UsageMeter, started_ns: int) -> dict:
     """/api/embed: every vector of the batch, L2-normalised as Ollama's are."""
 
     meter.observe(obj)
-    answer: dict[str, Any] = {"model": model, "embeddings": [l2_normalize(v) for v in vectors_of(obj)]}
+    answer: dict[str, Any] = {"model": model, "embeddings": [l2_normalize32(v) for v in vectors_of(obj)]}
     total = time.perf_counter_ns() - started_ns
     prompt, _ = meter.counts()
     answer |= {k: v for k, v in (("total_duration", total), ("prompt_eval_count", prompt)) if v}
@@ -272,46 +309,3 @@ def embeddings_answer(obj: Any, meter: UsageMeter) -> dict:
     meter.observe(obj)
     vectors = vectors_of(obj)
     return {"embedding": vectors[0] if vectors else []}
-
-
-# -- model listings -------------------------------------------------------------------------------
-
-
-def ollama_tag(entry: dict) -> dict | None:
-    """An /api/tags entry for a model an OpenAI-compatible backend lists: Ollama's shape, with
-    what the listing tells (llama-server's `meta`, vLLM's `max_model_len`); unknowns left empty."""
-
-    ident = entry.get("id")
-    if not isinstance(ident, str) or not ident:
-        return None
-    created = entry.get("created") if isinstance(entry.get("created"), int) else int(time.time())
-    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
-    details: dict[str, Any] = {"parent_model": "", "format": "gguf" if meta else "", "family": "",
-                               "families": None, "parameter_size": _parameter_size(meta.get("n_params")),
-                               "quantization_level": ""}
-    context = meta.get("n_ctx_train") or entry.get("max_model_len")
-    if isinstance(context, int):
-        details["context_length"] = context
-    if isinstance(meta.get("n_embd"), int):
-        details["embedding_length"] = meta["n_embd"]
-    return {"name": ident, "model": ident,
-            "modified_at": datetime.fromtimestamp(created, UTC).isoformat(),
-            "size": meta.get("size") if isinstance(meta.get("size"), int) else 0,
-            "digest": hashlib.sha256(ident.encode()).hexdigest(), "details": details}
-
-
-def _parameter_size(count: Any) -> str:
-    if not isinstance(count, int) or count <= 0:
-        return ""
-    return f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
-
-
-def ollama_show(entry: dict) -> dict | None:
-    """/api/show for a model only OpenAI-compatible backends have: what /api/tags knows, and the
-    `model_info` key ollama-python requires."""
-
-    tag = ollama_tag(entry)
-    if tag is None:
-        return None
-    return {"modelfile": "", "parameters": "", "template": "", "details": tag["details"], "model_info": {},
-            "capabilities": ["completion"], "modified_at": tag["modified_at"]}

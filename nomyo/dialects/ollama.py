@@ -68,6 +68,26 @@ def is_load_or_unload(path: str, payload: dict[str, Any]) -> bool:
     return False
 
 
+def check_semantics(path: str, payload: dict[str, Any]) -> None:
+    """Ollama's own 400s for well-typed requests it refuses, given before any routing, so a
+    backend of any kind (and its slot) never sees them."""
+
+    if path == "/api/generate" and payload.get("raw") and (
+            payload.get("template") or payload.get("system") or payload.get("context")):
+        raise bad_request("raw mode does not support template, system, or context", param="raw")
+    top = payload.get("top_logprobs")
+    if path in ("/api/generate", "/api/chat") and isinstance(top, int) and not 0 <= top <= 20:
+        raise bad_request("top_logprobs must be between 0 and 20", param="top_logprobs")
+
+
+def keeps_alive_zero(value: Any) -> bool:
+    """`keep_alive: 0` (or "0", "0s", "0m"): Ollama unloads the model."""
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value == 0
+    return isinstance(value, str) and value.rstrip("smh") in ("0", "0.0")
+
+
 # Ollama's metrics are the last fields of the final object, after `context` (which can run to
 # tens of kilobytes), so they are read off the end with a pattern, not by parsing the line. A
 # quote before the name keeps `"eval_count"` from matching inside `"prompt_eval_count"`, and a

@@ -296,13 +296,6 @@ def vectors_of(obj: Any) -> list[list[float]]:
     return [decode_vector(d.get("embedding")) for d in items]
 
 
-def l2_normalize(vector: list[float]) -> list[float]:
-    """Unit length, as Ollama's /api/embed returns vectors (a zero vector stays zero)."""
-
-    norm = math.sqrt(sum(v * v for v in vector))
-    return [v / norm for v in vector] if norm > 0 else list(vector)
-
-
 # -- model listings -------------------------------------------------------------------------------
 
 

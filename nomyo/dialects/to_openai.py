@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from .context import decode
+
 # Ollama option -> OpenAI parameter, understood by every OpenAI-compatible server.
 COMMON_OPTIONS = {"temperature": "temperature", "top_p": "top_p", "seed": "seed", "stop": "stop",
                   "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
@@ -184,21 +186,31 @@ def chat_request(body: dict, model_id: str, kind: str, stream: bool) -> dict:
     return payload | _common(body, kind, stream)
 
 
-def generate_needs_chat(body: dict) -> bool:
-    """/v1/completions takes neither a system prompt nor images: such a request goes to
-    /v1/chat/completions (as Ollama itself renders it: system, then the user's prompt)."""
+def conversation(body: dict) -> list[dict] | None:
+    """The messages a non-`raw` /api/generate becomes, as Ollama's template renders it: the
+    conversation its `context` carries (see `context`), the `system` prompt, then the user's
+    prompt with its images. None for `raw` (and fill-in-the-middle `suffix`) requests, which
+    go to `/completions` untemplated."""
 
-    return bool(body.get("system") or body.get("images"))
+    if body.get("raw") or body.get("suffix"):
+        return None
+    history = decode(body.get("context"))
+    messages: list[dict] = []
+    system = body.get("system")
+    if isinstance(system, str) and system:
+        messages.append({"role": "system", "content": system})
+        history = [m for m in history if m["role"] != "system"]
+    messages += history
+    messages.append({"role": "user", "content": body.get("prompt") or "", "images": body.get("images") or []})
+    return messages
 
 
 def generate_request(body: dict, model_id: str, kind: str, stream: bool) -> tuple[str, dict]:
-    """`/api/generate` as (`/completions` path, body), or as a chat when it must be."""
+    """`/api/generate` as a chat (`/chat/completions`: the backend applies the model's chat
+    template, as Ollama does), or, `raw` or with a `suffix`, as `/completions`."""
 
-    if generate_needs_chat(body):
-        messages = []
-        if body.get("system"):
-            messages.append({"role": "system", "content": body["system"]})
-        messages.append({"role": "user", "content": body.get("prompt") or "", "images": body.get("images") or []})
+    messages = conversation(body)
+    if messages is not None:
         return "/chat/completions", chat_request({**body, "messages": messages}, model_id, kind, stream)
     payload: dict[str, Any] = {"model": model_id, "prompt": body.get("prompt") or ""}
     if body.get("suffix"):
@@ -207,6 +219,21 @@ def generate_request(body: dict, model_id: str, kind: str, stream: bool) -> tupl
         top = body.get("top_logprobs")
         payload["logprobs"] = top if isinstance(top, int) else 0
     return "/completions", payload | _common(body, kind, stream)
+
+
+def generate_context(body: dict, payload: dict) -> list[dict] | None:
+    """What the answer's `context` remembers (the messages sent, text only); None when Ollama
+    sends no `context` (`raw`)."""
+
+    if conversation(body) is None:
+        return None
+    return [{"role": m["role"], "content": text_of(m.get("content"))} for m in payload.get("messages") or ()]
+
+
+def text_of(content: Any) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return content if isinstance(content, str) else ""
 
 
 def embed_request(body: dict, model_id: str) -> dict:

@@ -14,11 +14,11 @@ from aiohttp import web
 from .. import dashboard
 from ..call import Reach
 from ..dialects.fields import BOOL, OBJECT, STRING, check_fields
-from ..dialects.from_openai import ollama_show, ollama_tag
 from ..errors import RouterError, model_not_found
 from ..fleet import Backend
 from ..keys import ROUTER
 from ..names import normalize_model
+from ..openai_models import Described, lists_loaded, ollama_ps, ollama_show, ollama_tag
 from ..poller import parse_expiry
 from ..responses import json_response
 from ..sinks import ClientSink
@@ -56,23 +56,36 @@ async def version(request: web.Request) -> web.Response:
     raise RouterError(503, "no backend is reachable", headers={"Retry-After": "5"})
 
 
-def _ollama_backends(request: web.Request) -> list[Backend]:
-    return [b for b in request.app[ROUTER].fleet.healthy() if b.config.is_ollama]
+def described(router, backend: Backend, entry: dict) -> Described:
+    """A model of an OpenAI-compatible backend, with all the router knows about it."""
+
+    return Described(backend, entry, router.poller.facts, router.config.model_capabilities)
 
 
 async def tags(request: web.Request) -> web.Response:
     """Every model of every healthy backend, once (an Ollama backend's entry if any has it;
     models of OpenAI-compatible backends in Ollama's shape)."""
 
+    router = request.app[ROUTER]
     seen: dict[str, dict] = {}
-    for backend in sorted(request.app[ROUTER].fleet.healthy(), key=lambda b: not b.config.is_ollama):
+    for backend in sorted(router.fleet.healthy(), key=lambda b: not b.config.is_ollama):
         for entry in backend.status.tags:
-            entry = entry if backend.config.is_ollama else ollama_tag(entry)
-            if entry is None:
-                continue
+            entry = entry if backend.config.is_ollama else ollama_tag(described(router, backend, entry))
             name = normalize_model(str(entry.get("model") or entry.get("name") or ""))
             seen.setdefault(name, entry)
     return json_response({"models": list(seen.values())})
+
+
+def loaded_entries(router, backend: Backend, now: float) -> list[tuple[float, dict]]:
+    """(expiry, /api/ps entry) of what `backend` has loaded now."""
+
+    if backend.config.is_ollama:
+        found = ((parse_expiry(e.get("expires_at")), e) for e in backend.status.ps)
+        return [(expiry, entry) for expiry, entry in found if expiry > now]
+    if not lists_loaded(backend):
+        return []
+    return [(backend.status.loaded[normalize_model(e["id"])], ollama_ps(described(router, backend, e)))
+            for e in backend.status.tags if backend.status.is_loaded(normalize_model(e["id"]), now)]
 
 
 async def ps(request: web.Request) -> web.Response:
@@ -83,11 +96,8 @@ async def ps(request: web.Request) -> web.Response:
     await router.poller.refresh_all([b for b in router.fleet.backends.values() if b.config.is_ollama])
     now = time.time()
     merged: dict[str, tuple[float, dict]] = {}
-    for backend in _ollama_backends(request):
-        for entry in backend.status.ps:
-            expiry = parse_expiry(entry.get("expires_at"))
-            if expiry <= now:
-                continue
+    for backend in sorted(router.fleet.healthy(), key=lambda b: not b.config.is_ollama):
+        for expiry, entry in loaded_entries(router, backend, now):
             name = normalize_model(str(entry.get("model") or entry.get("name") or ""))
             if name not in merged or expiry > merged[name][0]:
                 merged[name] = (expiry, entry)
@@ -120,13 +130,13 @@ async def show(request: web.Request) -> web.StreamResponse:
 
 def _show_openai_model(router, key: str, model: str) -> web.Response:
     """A model only OpenAI-compatible backends serve: they have no /api/show, so the router
-    describes it from their model listing."""
+    describes it from what they tell (see openai_models)."""
 
     for backend in router.fleet.with_model(key):
         if backend.status.healthy:
             for entry in backend.status.tags:
-                if isinstance(entry.get("id"), str) and normalize_model(entry["id"]) == key:
-                    return json_response(ollama_show(entry))
+                if normalize_model(entry["id"]) == key:
+                    return json_response(ollama_show(described(router, backend, entry)))
     raise model_not_found(model)
 
 

@@ -21,10 +21,12 @@ from ..dialects.fields import (
     check_fields,
     check_items,
 )
+from ..dialects.ollama import check_semantics
 from ..errors import bad_request
 from ..keepalive import EarlyStream
 from ..keys import ROUTER
 from ..sinks import ClientSink
+from ..unload import is_unload, unload
 from .common import read_call
 
 # JSON types per field, for the fields Ollama itself would reject when mistyped (the typed
@@ -46,6 +48,7 @@ ITEM_TYPES = {"/api/chat": {"messages": OLLAMA_MESSAGE, "tools": TOOL},
 def check_types(path: str, payload: dict) -> None:
     check_fields(payload, FIELD_TYPES.get(path, {}))
     check_items(payload, ITEM_TYPES.get(path, {}))
+    check_semantics(path, payload)
     inputs = payload.get("input")
     if path == "/api/embed" and isinstance(inputs, list) and not all(isinstance(i, str) for i in inputs):
         raise bad_request("invalid input type", param="input")
@@ -56,6 +59,8 @@ async def inference(request: web.Request) -> web.StreamResponse:
 
     call = await read_call(request)  # any backend with the model may serve it, translated if need be
     check_types(call.path, call.payload)
+    if is_unload(call.path, call.payload):  # every backend that has it loaded, not one
+        return await unload(request, request.app[ROUTER], call.outcome, call.path, call.raw, call.model, call.key)
     interval = call.runtime.config.keepalive_interval
     early = None
     if interval and call.stream and not call.changes_loaded:

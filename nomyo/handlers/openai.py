@@ -83,14 +83,17 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def model(request: web.Request) -> web.Response:
-    """One model; `id` echoes the path as Ollama does. Unknown: 404 `not_found_error`."""
+    """One model, as the backend that lists it answers: Ollama echoes the path as `id`, other
+    servers give their own spelling. Unknown: 404 `not_found_error`."""
 
     name = request.match_info["model"]
     access_of(request).model = name
-    found = listing(request).get(normalize_model(name))
+    key = normalize_model(name)
+    found = listing(request).get(key)
     if found is None:
         raise model_not_found(name)
-    return json_response({**found, "id": name})
+    ollama = any(b.config.is_ollama and key in b.status.models for b in request.app[ROUTER].fleet.healthy())
+    return json_response({**found, "id": name} if ollama else found)
 
 
 def add_routes(app: web.Application) -> None:

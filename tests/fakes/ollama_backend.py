@@ -25,6 +25,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from . import ollama_formats as fmt
+from .answering import ollama_answer
 from .ollama_formats import FOREVER, ModelSpec, go_json, go_quote, model_key
 
 log = logging.getLogger(__name__)
@@ -96,13 +97,23 @@ class _Ticket:
     outcome: str = "served"  # or "failed" (error answer/line) or "cut" (socket closed by a fault)
 
 
-def _json(value: object, status: int = 200, content_type: str = "application/json; charset=utf-8") -> web.Response:
-    """A native JSON answer (gin ``c.JSON``): ``application/json; charset=utf-8``."""
-    return web.Response(status=status, body=go_json(value), headers={"Content-Type": content_type})
-
-
 def _text(status: int, text: str, content_type: str) -> web.Response:
     return web.Response(status=status, body=text.encode(), headers={"Content-Type": content_type})
+
+
+def _line(model: str, text: str, thinking: str, calls: list[tuple[str, dict]], done: bool, chat: bool) -> dict:
+    """A chat or generate line with thinking and tool calls where there are any (Go field order)."""
+    out = fmt.chunk(model, text, done, chat)
+    if chat:
+        message = out["message"]
+        if thinking:
+            message["thinking"] = thinking
+        if calls:
+            message["tool_calls"] = [{"id": f"call_{i}", "function": {"index": i, "name": name, "arguments": args}}
+                                     for i, (name, args) in enumerate(calls)]
+    elif thinking:
+        out = {k: v for k, v in out.items() if k != "done"} | {"thinking": thinking, "done": done}
+    return out
 
 
 class FakeOllama:
@@ -131,6 +142,7 @@ class FakeOllama:
         pullable: Iterable[str] | None = None,
         max_recorded: int = 10_000,
         max_loaded: int | None = None,
+        spaced: bool = False,
     ):
         self.name = name
         self.version = version
@@ -142,6 +154,8 @@ class FakeOllama:
         self.embedding_dim = embedding_dim
         self.strict_host = strict_host
         self.max_loaded = max_loaded
+        self.spaced = spaced  # write JSON as Python servers do: `"done": true`, not `"done":true`
+        self.tool_call: tuple[str, dict] | None = None  # a request with tools calls this (else its first tool)
         self.pullable = None if pullable is None else {model_key(n) for n in pullable}
         self.max_recorded = max_recorded
         self.gate: asyncio.Event | None = None
@@ -369,6 +383,14 @@ class FakeOllama:
         except web.HTTPNotFound:
             return _text(404, "404 page not found", "text/plain")
 
+    def _dump(self, value: object) -> bytes:
+        """One JSON document as this fake writes it: Go's compact form, or spaced."""
+        return json.dumps(value).encode() if self.spaced else go_json(value)
+
+    def _json(self, value: object, status: int = 200,
+              content_type: str = "application/json; charset=utf-8") -> web.Response:
+        return web.Response(status=status, body=self._dump(value), headers={"Content-Type": content_type})
+
     @staticmethod
     async def _body(request: web.Request, struct: str) -> dict:
         """The request body as Go would bind it into ``api.<struct>``, or a 400."""
@@ -407,21 +429,21 @@ class FakeOllama:
         return _text(200, "Ollama is running", "text/plain; charset=utf-8")
 
     async def _version(self, request: web.Request) -> web.Response:
-        return _json({"version": self.version})
+        return self._json({"version": self.version})
 
     async def _tags(self, request: web.Request) -> web.Response:
         specs = sorted(self._models.values(), key=lambda s: -s.modified_ns)
-        return _json({"models": [fmt.tags_entry(s) for s in specs]})
+        return self._json({"models": [fmt.tags_entry(s) for s in specs]})
 
     async def _ps(self, request: web.Request) -> web.Response:
-        return _json({"models": [fmt.ps_entry(e.spec, e.expires_ns) for e in self._live_loaded()]})
+        return self._json({"models": [fmt.ps_entry(e.spec, e.expires_ns) for e in self._live_loaded()]})
 
     async def _show(self, request: web.Request) -> web.Response:
         body = await self._body(request, "ShowRequest")
         name = body.get("model") or body.get("name") or ""
         if not name:
             raise ApiError(400, "model is required")
-        return _json(fmt.show_response(self._spec(name)))
+        return self._json(fmt.show_response(self._spec(name)))
 
     async def _copy(self, request: web.Request) -> web.Response:
         body = await self._body(request, "CopyRequest")
@@ -480,14 +502,14 @@ class FakeOllama:
                 await asyncio.sleep(self.token_delay)
             if commit:
                 commit()
-            return _json(steps[-1], content_type="application/json")
+            return self._json(steps[-1], content_type="application/json")
         resp = web.StreamResponse(headers=_NDJSON)
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         for step in steps:
             if step.get("status") == "success" and commit:
                 commit()
-            await resp.write(go_json(step) + b"\n")
+            await resp.write(self._dump(step) + b"\n")
             if "error" in step:
                 break
             await asyncio.sleep(self.token_delay)
@@ -647,6 +669,11 @@ class FakeOllama:
             return contextlib.nullcontext()
         return self._semaphores.setdefault(key, asyncio.Semaphore(self.num_parallel))
 
+    @staticmethod
+    def _check_think(body: dict, spec: ModelSpec, model: str) -> None:
+        if body.get("think") not in (None, False) and "thinking" not in spec.capabilities:
+            raise ApiError(400, f"{go_quote(model)} does not support thinking")
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._inference(request, "ChatRequest", self._serve_chat)
 
@@ -659,14 +686,15 @@ class FakeOllama:
         messages = body.get("messages") or []
         if not messages and keep_alive == 0:
             self._unload(spec)
-            return _json(fmt.load_answer(model, "unload", chat=True))
+            return self._json(fmt.load_answer(model, "unload", chat=True))
         if "completion" not in spec.capabilities:
             raise ApiError(400, f"{go_quote(model)} does not support chat")
         if body.get("tools") and "tools" not in spec.capabilities:
             raise ApiError(400, f"{fmt.full_name(model)} does not support tools")
+        self._check_think(body, spec, model)
         await self._load(spec, keep_alive, ticket)
         if not messages:
-            return _json(fmt.load_answer(model, "load", chat=True))
+            return self._json(fmt.load_answer(model, "load", chat=True))
         words = sum(fmt.count_words(m.get("content")) for m in messages if isinstance(m, dict))
         return await self._complete(request, body, ticket, words, chat=True)
 
@@ -680,40 +708,44 @@ class FakeOllama:
         prompt = body.get("prompt") or ""
         if not prompt and keep_alive == 0:
             self._unload(spec)
-            return _json(fmt.load_answer(model, "unload", chat=False))
+            return self._json(fmt.load_answer(model, "unload", chat=False))
         if body.get("raw") and (body.get("template") or body.get("system") or body.get("context")):
             raise ApiError(400, "raw mode does not support template, system, or context")
         if "completion" not in spec.capabilities:
             raise ApiError(400, f"{go_quote(model)} does not support generate")
+        self._check_think(body, spec, model)
         await self._load(spec, keep_alive, ticket)
         if not prompt:
-            return _json(fmt.load_answer(model, "load", chat=False))
+            return self._json(fmt.load_answer(model, "load", chat=False))
         words = fmt.count_words(prompt) + fmt.count_words(body.get("system"))
         return await self._complete(request, body, ticket, words, chat=False)
 
     async def _complete(
         self, request: web.Request, body: dict, ticket: _Ticket, prompt_words: int, chat: bool
     ) -> web.StreamResponse:
-        """Generate the reply token by token (``token_delay`` each), streamed or in one answer."""
+        """Generate the reply token by token (``token_delay`` each), streamed or in one answer:
+        thinking first (``think``), then the text, then tool calls (see ``answering``)."""
         model = body["model"]
         options = body.get("options") or {}
         limit = options.get("num_predict")
         limit = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0 else None
-        text = self.reply.format(name=self.name, model=model)
-        tokens = fmt.n_tokens(fmt.word_tokens(text), limit)
+        answer = ollama_answer(body, self.reply.format(name=self.name, model=model), self.tool_call, chat=chat)
+        tokens = fmt.n_tokens(fmt.word_tokens(answer.text), limit)
+        thoughts = fmt.word_tokens(answer.thinking)
         done_reason = "stop" if limit is None else "length"
         fault = self._faults.popleft() if self._faults else None
         stream = body.get("stream") is not False
         if fault and fault.kind in ("reset", "garbage-json", "garbage-http"):
             return await self._apply_fault(request, ticket, fault)
 
-        def final(piece: str, prompt_ns: int, eval_start: int) -> dict:
-            out = {**fmt.chunk(model, piece, True, chat), "done_reason": done_reason}
+        def final(piece: str, thinking: str, calls: list, prompt_ns: int, eval_start: int) -> dict:
+            out = {**_line(model, piece, thinking, calls, True, chat), "done_reason": done_reason}
             if not chat and not body.get("raw"):
                 out["context"] = fmt.token_ids(fmt.word_tokens(body.get("prompt") or "") + tokens)
             now = time.perf_counter_ns()
             total, eval_ns = now - ticket.start_ns, max(1, now - eval_start)
-            return out | fmt.metrics(total, ticket.load_ns, prompt_words, prompt_ns, len(tokens), eval_ns)
+            generated = len(tokens) + len(thoughts) + len(answer.tool_calls)
+            return out | fmt.metrics(total, ticket.load_ns, prompt_words, prompt_ns, generated, eval_ns)
 
         async with self._slot(ticket.key):
             prompt_start = time.perf_counter_ns()
@@ -726,20 +758,26 @@ class FakeOllama:
                         return await self._apply_fault(request, ticket, fault)
                     if i < len(tokens):
                         await asyncio.sleep(self.token_delay)
-                return _json(final("".join(tokens), prompt_ns, eval_start))
+                whole = final("".join(tokens), answer.thinking, answer.tool_calls, prompt_ns, eval_start)
+                return self._json(whole)
             resp = ticket.response = web.StreamResponse(headers=_NDJSON)
             resp.enable_chunked_encoding()
             await resp.prepare(request)
+            for piece in thoughts:
+                await asyncio.sleep(self.token_delay)
+                await resp.write(self._dump(_line(model, "", piece, [], False, chat)) + b"\n")
             for i in range(len(tokens) + 1):
                 if fault and i == min(fault.after, len(tokens)):
                     return await self._apply_fault(request, ticket, fault, resp)
                 if i == len(tokens):
                     break
                 await asyncio.sleep(self.token_delay)
-                await resp.write(go_json(fmt.chunk(model, tokens[i], False, chat)) + b"\n")
+                await resp.write(self._dump(fmt.chunk(model, tokens[i], False, chat)) + b"\n")
                 if i == 0 and self.gate is not None:
                     await self.gate.wait()
-            await resp.write(go_json(final("", prompt_ns, eval_start)) + b"\n")
+            if answer.tool_calls:
+                await resp.write(self._dump(_line(model, "", "", answer.tool_calls, False, chat)) + b"\n")
+            await resp.write(self._dump(final("", "", [], prompt_ns, eval_start)) + b"\n")
             await resp.write_eof()
             return resp
 
@@ -767,7 +805,7 @@ class FakeOllama:
         if resp is None:
             raise ApiError(500, fault.error)
         # Ollama's failure after output started: one error line, and no done line.
-        await resp.write(go_json({"error": fault.error}) + b"\n")
+        await resp.write(self._dump({"error": fault.error}) + b"\n")
         await resp.write_eof()
         return resp
 
@@ -791,13 +829,13 @@ class FakeOllama:
         spec = self._spec(model)
         await self._load(spec, keep_alive, ticket)
         if not inputs:
-            return _json({"model": model, "embeddings": []})
+            return self._json({"model": model, "embeddings": []})
         async with self._slot(ticket.key):
             dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else None
             vectors = [fmt.normalized_vector(text, self.embedding_dim, dims) for text in inputs]
             total = time.perf_counter_ns() - ticket.start_ns
             counted = sum(fmt.count_words(t) for t in inputs)
-            return _json({"model": model, "embeddings": vectors} | fmt.metrics(total, ticket.load_ns, counted))
+            return self._json({"model": model, "embeddings": vectors} | fmt.metrics(total, ticket.load_ns, counted))
 
     async def _embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._inference(request, "EmbeddingRequest", self._serve_embeddings)
@@ -811,9 +849,9 @@ class FakeOllama:
         await self._load(spec, keep_alive, ticket)
         prompt = body.get("prompt") or ""
         if not prompt:
-            return _json({"embedding": []})
+            return self._json({"embedding": []})
         async with self._slot(ticket.key):
-            return _json({"embedding": fmt.raw_vector(prompt, self.embedding_dim)})
+            return self._json({"embedding": fmt.raw_vector(prompt, self.embedding_dim)})
 
 
 __all__ = ["FOREVER", "ApiError", "FakeOllama", "ModelSpec", "RecordedRequest"]

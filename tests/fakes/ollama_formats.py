@@ -330,7 +330,7 @@ class ModelSpec:
             parameter_count=params,
             size=int(params * _QUANT_BYTES_PER_PARAM),
             digest=sha256_hex(model_key(name)),
-            capabilities=("embedding",) if embedding else ("completion", "tools"),
+            capabilities=("embedding",) if embedding else _generative_capabilities(base),
             quantization_level="F16" if embedding else "Q4_K_M",
             context_length=2048 if embedding else 4096,
             embedding_length=768 if embedding else 4096,
@@ -340,6 +340,16 @@ class ModelSpec:
     def renamed(self, name: str) -> ModelSpec:
         """A copy under another name (``/api/copy``, ``/api/create`` from an existing model)."""
         return replace(self, name=display_name(name), modified_ns=time.time_ns())
+
+
+def _generative_capabilities(base: str) -> tuple[str, ...]:
+    """A generative model's capabilities from its name: reasoning and vision families say so."""
+    found = ["completion", "tools"]
+    if re.search(r"qwen3|deepseek-r1|think|gpt-oss", base):
+        found.append("thinking")
+    if re.search(r"llava|vision|-vl|gemma3", base):
+        found.append("vision")
+    return tuple(found)
 
 
 def details(spec: ModelSpec) -> dict:

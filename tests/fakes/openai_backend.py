@@ -7,7 +7,15 @@ servers do (reference §19): vLLM opens a chat stream with `{"role":"assistant",
 puts `finish_reason` on the last token and sends `usage` only when asked; llama-server opens with
 `"content": null`, ends with an empty-delta finish chunk carrying `timings`, and always reports
 usage on the last completions chunk. `usage=False` behaves like llama-cpp-python's stream (no
-counts at all). Errors are OpenAI error objects (`legacy_errors`: vLLM's older top-level shape).
+counts at all); `flavour="llama-cpp-python"` is that server: no usage in streams, no timings,
+`/extras/tokenize`. Errors are OpenAI error objects (`legacy_errors`: vLLM's older top-level shape).
+
+Options that make it less flattering: `spaced` (JSON written `"a": 1` as Python servers write it),
+`sse_space=False` (`data:{...}` without the space). llama-server extras: `/props`, `/tokenize`,
+`vision` (models that read images), and `router_mode` (llama-server's multi-model mode: `/models`
+with each model's `status`, only `loaded` models answer, `/models/load` and `/models/unload`,
+`/props?model=` that loads the model unless `autoload=false`). Tools, `response_format`,
+reasoning and images are answered as `answering` describes.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import math
 import struct
 import time
@@ -24,6 +33,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
+from .answering import called_tool, openai_format, openai_images, openai_thinks, structured, with_images
 
 
 @dataclass
@@ -68,10 +79,15 @@ class FakeOpenAI:
 
     def __init__(self, name: str = "openai", models=("tiny",), flavour: str = "vllm", api_key: str | None = None,
                  reply: str = "Hello from {name}", token_delay: float = 0.0, embedding_dim: int = 8,
-                 usage: bool = True, legacy_errors: bool = False):
+                 usage: bool = True, legacy_errors: bool = False, spaced: bool = False, sse_space: bool = True,
+                 router_mode: bool = False, loaded=None, vision=(), n_ctx: int = 2048):
         self.name, self.models, self.flavour, self.api_key = name, list(models), flavour, api_key
         self.reply, self.token_delay, self.embedding_dim = reply, token_delay, embedding_dim
-        self.usage, self.legacy_errors = usage, legacy_errors
+        self.usage = usage and flavour != "llama-cpp-python"
+        self.legacy_errors, self.spaced, self.sse_space = legacy_errors, spaced, sse_space
+        self.router_mode, self.vision, self.n_ctx = router_mode, set(vision), n_ctx
+        self.loaded = set(self.models if loaded is None else loaded)  # router mode: which are loaded
+        self.autoloads = 0  # router mode: models loaded because someone asked /props without autoload=false
         self.tool_call: tuple[str, dict] | None = None  # answer requests with tools by calling this
         self.reasoning: str | None = None  # reasoning text sent before the answer
         self.gate: asyncio.Event | None = None  # a stream waits here after its first token
@@ -89,6 +105,12 @@ class FakeOpenAI:
     async def start(self) -> FakeOpenAI:
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/models", self._models)
+        app.router.add_get("/props", self._props)
+        app.router.add_post("/models/load", self._load)
+        app.router.add_post("/models/unload", self._unload)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/extras/tokenize", self._tokenize)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/embeddings", self._embeddings)
@@ -117,6 +139,12 @@ class FakeOpenAI:
 
     # -- plumbing -------------------------------------------------------------------------------
 
+    def dumps(self, value: Any) -> bytes:
+        return json.dumps(value).encode() if self.spaced else orjson.dumps(value)
+
+    def answer(self, value: Any, status: int = 200) -> web.Response:
+        return web.Response(status=status, body=self.dumps(value), content_type="application/json")
+
     def error(self, status: int, message: str, kind: str = "BadRequestError") -> web.Response:
         if self.legacy_errors:
             body = {"object": "error", "message": message, "type": kind, "param": None, "code": status}
@@ -124,7 +152,7 @@ class FakeOpenAI:
             body = {"error": {"code": status, "message": message, "type": "invalid_request_error"}}
         else:
             body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-        return web.json_response(body, status=status)
+        return self.answer(body, status)
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
@@ -149,21 +177,74 @@ class FakeOpenAI:
             self.active -= 1
 
     async def _models(self, request: web.Request) -> web.Response:
-        data = []
-        for model in self.models:
-            entry = {"id": model, "object": "model", "created": 1729000000}
-            if self.flavour == "vllm":
-                entry |= {"owned_by": "vllm", "root": model, "parent": None, "max_model_len": 4096}
-            else:
-                entry |= {"owned_by": "llamacpp", "meta": {"n_params": 1_500_000, "n_ctx_train": 512,
-                                                           "n_embd": 64, "size": 6_000_000}}
-            data.append(entry)
-        return web.json_response({"object": "list", "data": data})
+        return self.answer({"object": "list", "data": [self._model_entry(m) for m in self.models]})
+
+    def _model_entry(self, model: str) -> dict:
+        entry: dict[str, Any] = {"id": model, "object": "model", "created": 1729000000}
+        if self.flavour == "vllm":
+            return entry | {"owned_by": "vllm", "root": model, "parent": None, "max_model_len": 4096}
+        if self.flavour != "llama-server":
+            return entry | {"owned_by": "me"}
+        inputs = ["text", "image"] if model in self.vision else ["text"]
+        entry |= {"owned_by": "llamacpp", "architecture": {"input_modalities": inputs, "output_modalities": ["text"]}}
+        if self.router_mode:
+            entry["status"] = {"value": "loaded" if model in self.loaded else "unloaded"}
+        if model in self.loaded:
+            entry["meta"] = {"n_params": 1_500_000, "n_ctx_train": 512, "n_embd": 64, "size": 6_000_000}
+        return entry
+
+    # -- llama-server extras --------------------------------------------------------------------
+
+    async def _props(self, request: web.Request) -> web.Response:
+        if self.flavour != "llama-server":
+            return web.Response(status=404, text="404 Not Found")
+        model = request.query.get("model") if self.router_mode else self.models[0]
+        if model is None:
+            return self.answer({"role": "router", "build_info": "b6000-fake"})
+        if model not in self.models:
+            return self.error(404, "model not found")
+        if model not in self.loaded:
+            if request.query.get("autoload") == "false":
+                return self.error(400, "model is not loaded")
+            self.loaded.add(model)
+            self.autoloads += 1
+        settings = {"id": 0, "n_ctx": self.n_ctx, "params": {"n_predict": -1, "temperature": 0.8}}
+        return self.answer({"default_generation_settings": settings, "total_slots": 2,
+                            "model_path": f"/models/{model}.gguf", "chat_template": "{{ messages }}",
+                            "chat_template_caps": {"supports_tools": True, "supports_tool_calls": True},
+                            "modalities": {"vision": model in self.vision, "audio": False},
+                            "build_info": "b6000-fake", "is_sleeping": False})
+
+    async def _load(self, request: web.Request) -> web.Response:
+        return self._set_loaded(await request.json(), True)
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        return self._set_loaded(await request.json(), False)
+
+    def _set_loaded(self, body: dict, loaded: bool) -> web.Response:
+        model = body.get("model")
+        if not self.router_mode or model not in self.models:
+            return self.error(404 if self.router_mode else 400, "not in router mode" if not self.router_mode
+                              else "model not found")
+        (self.loaded.add if loaded else self.loaded.discard)(model)
+        return self.answer({"success": True})
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """llama-server's `/tokenize` (`content`) and llama-cpp-python's `/extras/tokenize` (`input`)."""
+        body = await request.json()
+        native = request.path == "/tokenize"
+        if native != (self.flavour == "llama-server"):
+            return web.Response(status=404, text="404 Not Found")
+        text = str(body.get("content") if native else body.get("input") or "")
+        return self.answer({"tokens": list(range(1, len(text.split()) + 1))})
 
     # -- generation -----------------------------------------------------------------------------
 
     def _plan(self, body: dict) -> tuple[list[str], str]:
-        tokens = words(self.reply.format(name=self.name, model=body["model"]))
+        text = with_images(self.reply.format(name=self.name, model=body["model"]), openai_images(body))
+        tokens = words(structured(openai_format(body.get("response_format")), text) or text)
+        if self.router_mode:
+            self.loaded.add(body["model"])  # llama-server's router loads a model on its first request
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(limit, int) and limit < len(tokens):
             return tokens[:limit], "length"
@@ -184,7 +265,10 @@ class FakeOpenAI:
         return head
 
     def _tool(self, body: dict) -> tuple[str, dict] | None:
-        return self.tool_call if body.get("tools") and self.tool_call else None
+        return called_tool(body.get("tools"), self.tool_call)
+
+    def _reasoning(self, body: dict) -> str:
+        return self.reasoning or ("Let me think about this." if openai_thinks(body) else "")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -193,23 +277,35 @@ class FakeOpenAI:
         if body.get("stream"):
             return await self._stream(request, body, self._chat_events(body, tokens, finish, tool))
         message: dict[str, Any] = {"role": "assistant", "content": None if tool else "".join(tokens)}
-        if self.reasoning:
-            message["reasoning_content"] = self.reasoning
+        if self._reasoning(body):
+            message["reasoning_content"] = self._reasoning(body)
         if tool:
             message["tool_calls"] = [{"id": "call_fake1", "type": "function",
                                       "function": {"name": tool[0], "arguments": orjson.dumps(tool[1]).decode()}}]
             finish = "tool_calls"
         answer = self._head("chat.completion") | {"model": body["model"], "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}]}
+            {"index": 0, "message": message, "logprobs": self._logprobs(body, tokens), "finish_reason": finish}]}
         answer["usage"] = self._usage(body, len(tokens))
         if self.flavour == "llama-server":
             answer["timings"] = self._timings(body, len(tokens))
-        return web.json_response(answer)
+        return self.answer(answer)
+
+    @staticmethod
+    def _logprobs(body: dict, tokens: list[str]) -> dict | None:
+        """Chat logprobs as OpenAI and vLLM write them: `top_logprobs` is `[]` unless asked for."""
+        if not body.get("logprobs"):
+            return None
+        top = body.get("top_logprobs") or 0
+        return {"content": [{"token": t, "logprob": -0.5, "bytes": list(t.encode()),
+                             "top_logprobs": [{"token": t, "logprob": -0.5, "bytes": list(t.encode())}][:top]}
+                            for t in tokens]}
 
     def _chat_events(self, body: dict, tokens: list[str], finish: str, tool) -> list[dict]:
         head = self._head("chat.completion.chunk") | {"model": body["model"]}
         first = {"role": "assistant", "content": None if self.flavour == "llama-server" else ""}
-        deltas = [first] + [{"reasoning_content": w} for w in words(self.reasoning or "")]
+        if self.flavour == "llama-cpp-python":
+            first = {"role": "assistant"}
+        deltas = [first] + [{"reasoning_content": w} for w in words(self._reasoning(body))]
         if tool:
             arguments = orjson.dumps(tool[1]).decode()
             deltas.append({"tool_calls": [{"index": 0, "id": "call_fake1", "type": "function",
@@ -223,8 +319,9 @@ class FakeOpenAI:
         if self.flavour == "vllm":
             events[-1]["choices"][0]["finish_reason"] = finish
         else:
-            events.append(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-                                  "timings": self._timings(body, len(tokens))})
+            events.append(head | {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+            if self.flavour == "llama-server":
+                events[-1]["timings"] = self._timings(body, len(tokens))
         return events + self._usage_events(body, head, len(tokens))
 
     def _usage_events(self, body: dict, head: dict, completion: int) -> list[dict]:
@@ -242,7 +339,7 @@ class FakeOpenAI:
                                           "finish_reason": finish}], "usage": self._usage(body, len(tokens))}
             if self.flavour == "llama-server":
                 answer["timings"] = self._timings(body, len(tokens))
-            return web.json_response(answer)
+            return self.answer(answer)
         events = [head | {"choices": [{"index": 0, "text": t, "logprobs": None, "finish_reason": None}]}
                   for t in tokens]
         events[-1]["choices"][0]["finish_reason"] = finish
@@ -261,12 +358,15 @@ class FakeOpenAI:
                 request.transport.close()
                 return response
             await asyncio.sleep(self.token_delay)
-            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+            await response.write(self._event(self.dumps(event)))
             if i == 1 and self.gate is not None:
                 await self.gate.wait()
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(self._event(b"[DONE]"))
         await response.write_eof()
         return response
+
+    def _event(self, payload: bytes) -> bytes:
+        return (b"data: " if self.sse_space else b"data:") + payload + b"\n\n"
 
     # -- embeddings and rerank ------------------------------------------------------------------
 
@@ -280,7 +380,7 @@ class FakeOpenAI:
                 vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
             data.append({"object": "embedding", "index": i, "embedding": vector})
         count = prompt_tokens(body)
-        return web.json_response({"object": "list", "data": data, "model": body["model"],
+        return self.answer({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": count, "total_tokens": count}})
 
     async def _rerank(self, request: web.Request) -> web.Response:
@@ -291,5 +391,5 @@ class FakeOpenAI:
             overlap = len(query & set(str(doc).split()))
             results.append({"index": i, "document": {"text": doc}, "relevance_score": 1 - math.exp(-overlap)})
         results.sort(key=lambda r: -r["relevance_score"])
-        return web.json_response({"id": "rerank-fake", "model": body["model"], "usage": {"total_tokens": 7},
+        return self.answer({"id": "rerank-fake", "model": body["model"], "usage": {"total_tokens": 7},
                                   "results": results[: body.get("top_n") or len(results)]})
