@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .cache.config import CACHE_KEYS, CacheConfig, read_cache_config
 from .names import normalize_model
 from .yaml_fields import ConfigError, FieldReader, ListItem, expand_env
 
@@ -34,13 +35,8 @@ DEFAULT_DB_PATH = "/var/lib/nomyo/usage.db"
 ENDPOINT_TYPES = ("ollama", "openai", "llama-server")
 
 # Keys of the original router that have no meaning here; accepted so an existing file keeps
-# working, and reported once as ignored.
-IGNORED_ORIGINAL_KEYS = frozenset(
-    {
-        "cache_enabled", "cache_backend", "cache_similarity", "cache_ttl", "cache_db_path",
-        "cache_redis_url", "cache_history_weight", "cache_max_entries",
-    }
-)
+# working, and reported once as ignored. (Its cache_* keys are read by nomyo.cache.config.)
+IGNORED_ORIGINAL_KEYS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +87,7 @@ class Config:
     flush_interval: float = 1.0
     usage_stream_interval: float = 0.25
     usage_stream_heartbeat: float = 15.0
+    cache: CacheConfig = field(default_factory=CacheConfig)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -239,7 +236,7 @@ TOP_KEYS = frozenset(
         "cold_load_spread", "breaker_threshold", "breaker_cooldown",
         "log_level", "db_path", "flush_interval", "usage_stream_interval", "usage_stream_heartbeat",
     }
-)
+) | CACHE_KEYS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROUTING_POLICIES = ("loaded-first", "original")
 
@@ -316,6 +313,7 @@ def build_config(data: Any, path: str) -> Config:
         flush_interval=top.number("flush_interval", 1.0, minimum=0.01),
         usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
+        cache=read_cache_config(top),
         warnings=tuple(warnings),
     )
 
