@@ -65,7 +65,7 @@ class ResponseCache:
         self.config = config
         self.embedder = embedder
         self.throttle = Throttle()
-        self.store = GuardedStore(store or make_store(config), config.lookup_timeout, self.throttle)
+        self.storage = GuardedStore(store or make_store(config), config.lookup_timeout, self.throttle)
         self.index = SemanticIndex(config.max_entries)
         self.flights = Flights()
         self.counters = Counters()
@@ -82,9 +82,9 @@ class ResponseCache:
 
         if not self.config.enabled:
             return
-        await self.store.open()
+        await self.storage.open()
         if self.semantic:
-            async for record in self.store.vectors():
+            async for record in self.storage.vectors():
                 self._index(record.key, record.context, record.vector, record.expires_at)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="cache totals")
 
@@ -93,7 +93,7 @@ class ResponseCache:
             self._refresher.cancel()
             await asyncio.gather(self._refresher, return_exceptions=True)
         await self.index.close()
-        await self.store.close()
+        await self.storage.close()
 
     async def _refresh(self) -> None:
         while True:
@@ -101,7 +101,7 @@ class ResponseCache:
             await asyncio.sleep(TOTALS_INTERVAL)
 
     async def refresh_totals(self) -> Totals:
-        totals = await self.store.totals()
+        totals = await self.storage.totals()
         if totals is not None:
             self.last_totals = totals
         return self.last_totals
@@ -134,7 +134,7 @@ class ResponseCache:
         return Hit(entry) if entry is not None else None
 
     async def _fetch(self, key: str, route: str) -> Entry | None:
-        raw = await self.store.get(key)
+        raw = await self.storage.get(key)
         if raw is None:
             return None
         try:
@@ -142,10 +142,10 @@ class ResponseCache:
             if entry.route != route:
                 raise CorruptEntry(f"stored for {entry.route}")
         except CorruptEntry as exc:
-            self.throttle.warn("corrupt", f"cache store ({self.store.name}) returned a corrupt entry ({exc}): "
+            self.throttle.warn("corrupt", f"cache store ({self.storage.name}) returned a corrupt entry ({exc}): "
                                           "treated as a miss and dropped")
             self.index.remove(key)
-            await self.store.delete([key])
+            await self.storage.delete([key])
             return None
         return entry
 
@@ -204,7 +204,7 @@ class ResponseCache:
         vector = req.vector.astype(np.float32).tobytes() if req.vector is not None else None
         record = Record(req.key, entry.to_bytes(), req.model_key, req.scope, req.context if vector else "",
                         vector, expires)
-        evicted = await self.store.put(record)
+        evicted = await self.storage.put(record)
         if evicted is None:
             return entry
         self.counters.stored += 1
@@ -225,7 +225,7 @@ class ResponseCache:
         """Drop every entry, or a model's, or a scope's (both: their intersection). Raises
         StoreUnavailable when the store cannot do it (the endpoint answers 503)."""
 
-        dropped = await self.store.invalidate(model, scope)
+        dropped = await self.storage.invalidate(model, scope)
         if model is None and scope is None:
             self.index.clear()
             self.counters = _reset(self.counters)
@@ -252,7 +252,7 @@ class ResponseCache:
             "evictions": totals.evictions, "bypasses": c.bypasses, "coalesced": self.flights.coalesced,
             "saved_tokens": {"input": c.saved_prompt_tokens, "output": c.saved_completion_tokens},
             "embedding_failures": c.embedding_failures,
-            "store_errors": self.store.errors + self.store.timeouts,
+            "store_errors": self.storage.errors + self.storage.timeouts,
         }
 
 

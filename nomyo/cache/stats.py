@@ -64,7 +64,7 @@ class CacheCollector:
         yield CounterMetricFamily("nomyo_cache_evictions", "Entries evicted to keep the size bounds",
                                   value=totals.evictions)
         yield CounterMetricFamily("nomyo_cache_store_errors", "Cache store calls that failed or were too slow",
-                                  value=self.cache.store.errors + self.cache.store.timeouts)
+                                  value=self.cache.storage.errors + self.cache.storage.timeouts)
 
 
 def register_cache_metrics(cache: ResponseCache, registry: CollectorRegistry) -> None:
