@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -66,10 +65,10 @@ class RedisServer:
 
 
 @pytest.fixture
-async def redis_server(tmp_path):
+def redis_server(tmp_path):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
     server = RedisServer(tmp_path)
-    await asyncio.to_thread(server.start)
+    server.start()
     yield server
     server.stop()
