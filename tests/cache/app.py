@@ -32,6 +32,7 @@ class ScriptedBackend:
     delay: float = 0.0
     fail: str = ""  # "error": a 500 before any byte; "cut": the stream stops halfway
     gate: asyncio.Event | None = None  # when set, each call waits for it
+    plan: list[str] = field(default_factory=list)  # per call, in order: "error" or "" (overrides `fail`)
 
     async def answer(self, route: str, raw: bytes, payload: dict) -> tuple[str, list[bytes]]:
         self.calls += 1
@@ -39,7 +40,8 @@ class ScriptedBackend:
         if self.gate is not None:
             await self.gate.wait()
         await asyncio.sleep(self.delay)
-        if self.fail == "error":
+        outcome = self.plan.pop(0) if self.plan else self.fail
+        if outcome == "error":
             raise RouterError(502, "the backend failed")
         return answer_for(route, payload)
 
