@@ -123,7 +123,8 @@ class GuardedStore:
             return await asyncio.wait_for(self.store.invalidate(model, scope), WRITE_TIMEOUT * 15)
         except Exception as exc:
             self._failed("invalidate", exc)
-            raise StoreUnavailable(f"the cache store ({self.store.name}) failed: {type(exc).__name__}") from None
+            reason = type(exc).__name__
+            raise StoreUnavailable(f"the cache store ({self.store.name}) is unavailable: {reason}") from None
 
     async def vectors(self) -> AsyncIterator[Record]:
         if not await self.open():

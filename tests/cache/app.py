@@ -103,8 +103,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
             return render(request.path, exc)
 
 
+@web.middleware
+async def errors(request: web.Request, handler) -> web.StreamResponse:
+    """What the router's error middleware does for these handlers: RouterError in the dialect."""
+
+    try:
+        return await handler(request)
+    except RouterError as exc:
+        return render(request.path, exc)
+
+
 def build_cache_app(cache: ResponseCache, backend: ScriptedBackend | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[errors])
     app[CACHE] = cache
     app[BACKEND] = backend or ScriptedBackend()
     for route in ROUTES:
