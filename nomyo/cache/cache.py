@@ -33,7 +33,7 @@ from .semantic import Embedder, EmbeddingFailed, SemanticIndex, request_vector
 from .stats import Counters
 from .stores.base import Record, Store, Totals, tag
 from .stores.memory import MemoryStore
-from .texts import embedding_prefix
+from .texts import embedding_prefix, same_words_reordered
 
 log = logging.getLogger("nomyo.cache")
 TOTALS_INTERVAL = 15.0
@@ -85,7 +85,7 @@ class ResponseCache:
         await self.storage.open()
         if self.semantic:
             async for record in self.storage.vectors():
-                self._index(record.key, record.context, record.vector, record.expires_at)
+                self._index(record)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="cache totals")
 
     async def close(self) -> None:
@@ -161,7 +161,7 @@ class ResponseCache:
         started = time.perf_counter()
         found = self.index.best(req.context, req.vector)
         hit = None
-        if found is not None and found[1] >= self.config.similarity:
+        if found is not None and found[1] >= self.config.similarity and not same_words_reordered(found[2], req.words):
             entry = await self._fetch(found[0], req.route)
             if entry is None:
                 self.index.remove(found[0])
@@ -203,7 +203,7 @@ class ResponseCache:
         expires = time.time() + self.config.ttl if self.config.ttl else None
         vector = req.vector.astype(np.float32).tobytes() if req.vector is not None else None
         record = Record(req.key, entry.to_bytes(), req.model_key, req.scope, req.context if vector else "",
-                        vector, expires)
+                        vector, expires, req.words)
         evicted = await self.storage.put(record)
         if evicted is None:
             return entry
@@ -211,12 +211,13 @@ class ResponseCache:
         for key in evicted:
             self.index.remove(key)
         if vector is not None and req.key not in evicted:
-            self.index.add(req.key, req.context, req.vector, expires)
+            self.index.add(req.key, req.context, req.vector, expires, req.words)
         return entry
 
-    def _index(self, key: str, context: str, vector: bytes | None, expires_at: float | None) -> None:
-        if vector and context:
-            self.index.add(key, context, np.frombuffer(vector, dtype=np.float32).copy(), expires_at)
+    def _index(self, record: Record) -> None:
+        if record.vector and record.context:
+            vector = np.frombuffer(record.vector, dtype=np.float32).copy()
+            self.index.add(record.key, record.context, vector, record.expires_at, record.words)
 
     # ------------------------------------------------------------------------------------------
     # Administration

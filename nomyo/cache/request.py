@@ -17,10 +17,10 @@ import orjson
 
 from ..errors import bad_request
 from ..names import normalize_model
-from .canonical import body_form, hash_of
+from .canonical import body_form, canonical, hash_of
 from .config import CacheConfig
 from .stores.base import tag
-from .texts import SYSTEM_ROLES, semantic_texts
+from .texts import semantic_texts, word_order
 
 ROUTES = {
     "/api/chat": ("ollama", "chat"), "/api/generate": ("ollama", "generate"),
@@ -50,6 +50,7 @@ class CacheRequest:
     key: str = ""
     context: str = ""
     texts: tuple[str, str] | None = None  # (history, last user message) when semantic may apply
+    words: str = ""  # the last message's word_order: see texts.word_order
     vector: Any = None  # set by the cache once embedded, reused when the answer is stored
     extra: dict = field(default_factory=dict)
 
@@ -171,6 +172,7 @@ def build_request(config: CacheConfig, route: str, payload: dict[str, Any], scop
         req.texts = semantic_texts(kind, payload)
         if req.texts is not None:
             req.context = context_key(req, payload)
+            req.words = word_order(req.texts[1])
     return req
 
 
@@ -183,9 +185,12 @@ def exact_key(req: CacheRequest, payload: dict[str, Any]) -> str:
 
 
 def context_key(req: CacheRequest, payload: dict[str, Any]) -> str:
-    """The exact key without the conversation: what a semantic match must share."""
+    """The exact key without the last user message: what a semantic match must share.
+
+    The conversation before the last message is part of it, exactly: with e5-small and
+    cache_history_weight 0.3, "Now make it shorter." after a poem and after an explanation of
+    TCP still score 0.989 — the collision of follow-ups the exact key exists to prevent."""
 
     rest = body_form(payload, drop=frozenset(TEXT_FIELDS[req.kind]))
-    messages = payload.get("messages") or ()
-    systems = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES]
-    return hash_of("context", req.route, req.model_key, req.scope, rest, systems)
+    earlier = canonical(payload.get("messages", [])[:-1]) if req.kind == "chat" else []
+    return hash_of("context", req.route, req.model_key, req.scope, rest, earlier)

@@ -1,10 +1,10 @@
 """Semantic matching: the request's embedding, and the index of stored entries' embeddings.
 
 The vector of a request is normalise(α·e(history) + (1-α)·e(last user message)), α being
-`cache_history_weight`: the last message says what is asked, the history what it refers to (so
-"and in French?" after two different questions differs). A match must reach
-`cache_similarity` and share the request's context key (scope, model, system prompt, tools,
-format, options): the index is one `VectorIndex` per context, and never searched across them.
+`cache_history_weight`: the last message says what is asked, the history what it refers to. A
+match must reach `cache_similarity` and share the request's context key (scope, model, system
+prompt, tools, format, options, and the conversation before the last message, exactly): the
+index is one `VectorIndex` per context, and never searched across them.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class Indexed:
     context: str
     label: int
     expires_at: float | None
+    words: str = ""
 
 
 class SemanticIndex:
@@ -81,14 +82,14 @@ class SemanticIndex:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def add(self, key: str, context: str, vector: np.ndarray, expires_at: float | None) -> None:
+    def add(self, key: str, context: str, vector: np.ndarray, expires_at: float | None, words: str = "") -> None:
         self.remove(key)
         index = self.contexts.get(context)
         if index is None or index.dim != vector.shape[0]:
             index = self.contexts[context] = VectorIndex(vector.shape[0])  # a new model's vectors
         label = next(self.labels)
         index.add(label, vector)
-        self.entries[key] = Indexed(context, label, expires_at)
+        self.entries[key] = Indexed(context, label, expires_at, words)
         self.keys[label] = key
         while len(self.entries) > self.max_entries:
             self.remove(next(iter(self.entries)))
@@ -108,8 +109,9 @@ class SemanticIndex:
             if not len(index) and index.journal is None:
                 del self.contexts[found.context]
 
-    def best(self, context: str, vector: np.ndarray) -> tuple[str, float] | None:
-        """The nearest live entry of `context` and its cosine (expired ones are dropped on sight)."""
+    def best(self, context: str, vector: np.ndarray) -> tuple[str, float, str] | None:
+        """The nearest live entry of `context`, its cosine and its word-order guard (expired
+        entries are dropped on sight)."""
 
         index = self.contexts.get(context)
         if index is None or index.dim != vector.shape[0]:
@@ -127,7 +129,7 @@ class SemanticIndex:
             if item.expires_at is not None and item.expires_at <= time.time():
                 self.remove(key)
                 continue
-            return key, score
+            return key, score, item.words
         return None
 
     def clear(self) -> None:

@@ -8,11 +8,13 @@ result), and an embedding of the text cannot see that.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 SYSTEM_ROLES = ("system", "developer")
 MAX_HISTORY_CHARS = 2000  # the tail of a long conversation: embedding models read ~512 tokens
+WORD = re.compile(r"\w+")
 E5_NAME = re.compile(r"(^|[/_.:-])(multilingual-)?e5([_.:-]|$)")
 
 
@@ -56,6 +58,22 @@ def _plain_text(content: Any) -> str | None:
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
         return "\n".join(str(p.get("text") or "") for p in content)
     return None
+
+
+def word_order(text: str) -> str:
+    """`<bag>:<order>` digests of the words of `text`: equal bags with different orders are two
+    questions an embedding cannot tell apart ("convert a string to an integer" / "an integer to
+    a string" score 0.999 with e5-small), so such a pair is never a semantic hit."""
+
+    words = WORD.findall(text.lower())
+    bag = hashlib.sha256(" ".join(sorted(words)).encode()).hexdigest()[:16]
+    return f"{bag}:{hashlib.sha256(' '.join(words).encode()).hexdigest()[:16]}"
+
+
+def same_words_reordered(one: str, other: str) -> bool:
+    """Whether two `word_order` values have the same words in a different order."""
+
+    return one.split(":")[0] == other.split(":")[0] and one != other
 
 
 def embedding_prefix(setting: str, model: str) -> str:

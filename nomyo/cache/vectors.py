@@ -11,6 +11,7 @@ snapshot while the old structure keeps answering; changes made meanwhile are rep
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 
 import numpy as np
 from usearch.index import Index
@@ -133,14 +134,18 @@ class VectorIndex:
             return len(self.impl) > FLAT_LIMIT
         return self.impl.removed > max(len(self.impl), FLAT_LIMIT)
 
-    async def rebuild(self) -> None:
-        """Build a graph from a snapshot in a worker thread, then replay what changed meanwhile."""
+    def rebuild(self) -> Coroutine[None, None, None]:
+        """Snapshot now (so no second rebuild starts), build the graph from the snapshot in a
+        worker thread, then replay on it what changed meanwhile. Returns the coroutine to run."""
 
         labels, vectors = self.impl.snapshot()
         self.journal = []
+        return self._build(labels, vectors)
+
+    async def _build(self, labels: np.ndarray, vectors: np.ndarray) -> None:
         try:
             graph = await asyncio.to_thread(GraphVectors, self.dim, labels, vectors)
-            for action, label, vector in self.journal:
+            for action, label, vector in self.journal or ():
                 graph.add(label, vector) if action == "add" else graph.remove(label)
             self.impl = graph
         finally:

@@ -25,6 +25,7 @@ class Record:
     context: str = ""
     vector: bytes | None = None  # float32 little-endian, when the entry was embedded
     expires_at: float | None = None  # wall-clock seconds; None: never
+    words: str = ""  # the last user message's word_order (semantic matches check it)
 
     @property
     def size(self) -> int:

@@ -1,7 +1,7 @@
 """Redis store (redis-py's asyncio client with hiredis): one cache for several routers.
 
 Each entry is a hash under `nomyo:cache:e:<scope tag>:<model tag>:<hash>` (the exact key) (v: the entry, x: its
-vector, c: its context key, m/s: model and scope) with Redis' own expiry as the TTL, so every
+vector, c: its context key, m/s: model and scope, w: the word-order guard) with Redis' own expiry as the TTL, so every
 router sharing the server sees an entry the moment one stores it, and expiry costs nothing.
 Invalidation by model or scope is a SCAN over the tags in the key names. The size bound is
 Redis' own: give the server a `maxmemory` with an `allkeys-lru` (or `volatile-lru`) policy.
@@ -51,7 +51,7 @@ class RedisStore:
 
     async def put(self, record: Record) -> list[str]:
         name = key_name(record.key)
-        fields = {"v": record.value, "c": record.context, "m": record.model, "s": record.scope}
+        fields = {"v": record.value, "c": record.context, "m": record.model, "s": record.scope, "w": record.words}
         if record.vector is not None:
             fields["x"] = record.vector
         async with self._redis().pipeline(transaction=True) as pipe:
@@ -107,13 +107,14 @@ class RedisStore:
         async for names in self._batches():
             async with self._redis().pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.hmget(name, "x", "c", "m", "s")
+                    pipe.hmget(name, "x", "c", "m", "s", "w")
                     pipe.pttl(name)
                 replies = await pipe.execute()
-            for name, (vector, context, model, scope), ttl in zip(names, replies[::2], replies[1::2], strict=True):
+            for name, (vector, context, model, scope, words), ttl in zip(names, replies[::2], replies[1::2],
+                                                                        strict=True):
                 if vector is not None and context is not None:
                     yield Record(name.decode().removeprefix(PREFIX), b"", _text(model), _text(scope),
-                                 _text(context), vector, _expiry(ttl))
+                                 _text(context), vector, _expiry(ttl), _text(words))
 
 
 def _text(value: bytes | None) -> str:

@@ -18,7 +18,8 @@ from .base import Record, Totals
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cache_entries (
     key TEXT PRIMARY KEY, model TEXT NOT NULL, scope TEXT NOT NULL, context TEXT NOT NULL,
-    vector BLOB, value BLOB NOT NULL, size INTEGER NOT NULL, expires REAL, used REAL NOT NULL);
+    vector BLOB, words TEXT NOT NULL, value BLOB NOT NULL, size INTEGER NOT NULL, expires REAL,
+    used REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS cache_entries_used ON cache_entries (used);
 CREATE INDEX IF NOT EXISTS cache_entries_model ON cache_entries (model);
 CREATE INDEX IF NOT EXISTS cache_entries_scope ON cache_entries (scope);
@@ -77,9 +78,9 @@ class SQLiteStore:
             return [record.key]
         now = time.time()
         await db.execute(
-            "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (record.key, record.model, record.scope, record.context, record.vector, record.value,
-             record.size, record.expires_at, now))
+            "INSERT OR REPLACE INTO cache_entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.key, record.model, record.scope, record.context, record.vector, record.words,
+             record.value, record.size, record.expires_at, now))
         evicted = await self._deleted("DELETE FROM cache_entries WHERE expires <= ? RETURNING key", (now,))
         over = await self._over_bound()
         self.evictions += len(over)
@@ -129,8 +130,8 @@ class SQLiteStore:
         return Totals(entries, int(size), self.evictions)
 
     async def vectors(self) -> AsyncIterator[Record]:
-        sql = ("SELECT key, model, scope, context, vector, expires FROM cache_entries"
+        sql = ("SELECT key, model, scope, context, vector, expires, words FROM cache_entries"
                f" WHERE vector IS NOT NULL AND {LIVE}")
         async with self._conn().execute(sql, (time.time(),)) as cur:
-            async for key, model, scope, context, vector, expires in cur:
-                yield Record(key, b"", model, scope, context, vector, expires)
+            async for key, model, scope, context, vector, expires, words in cur:
+                yield Record(key, b"", model, scope, context, vector, expires, words)
