@@ -69,12 +69,12 @@ class FlatVectors:
 class GraphVectors:
     """usearch's HNSW with inner product (the vectors are unit length: cosine)."""
 
-    def __init__(self, dim: int, labels: np.ndarray, vectors: np.ndarray):
+    def __init__(self, dim: int, labels: np.ndarray, vectors: np.ndarray, threads: int = 1):
         self.dim = dim
         self.index = Index(ndim=dim, metric="ip", dtype="f32", connectivity=CONNECTIVITY,
                            expansion_add=EXPANSION_ADD, expansion_search=EXPANSION_SEARCH)
         if len(labels):
-            self.index.add(labels, vectors, threads=1)
+            self.index.add(labels, vectors, threads=threads)
         self.removed = 0
 
     def __len__(self) -> int:
