@@ -63,15 +63,20 @@ def assemble(answer: Answer) -> Entry:
     return entry
 
 
-def _one_object(answer: Answer) -> dict[str, Any]:
-    raw = answer.body if not answer.streamed else b"".join(answer.chunks)
+def _object(raw: bytes, what: str) -> dict[str, Any]:
+    """One JSON object that is not an error (`what` names it in the refusal)."""
+
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise Incomplete("the answer is not JSON") from None
-    if not isinstance(obj, dict) or "error" in obj:
-        raise Incomplete("the answer is an error")
+        raise Incomplete(f"{what} is not JSON") from None
+    if not isinstance(obj, dict) or obj.get("error"):
+        raise Incomplete(f"{what} is an error")
     return obj
+
+
+def _one_object(answer: Answer) -> dict[str, Any]:
+    return _object(answer.body if not answer.streamed else b"".join(answer.chunks), "the answer")
 
 
 def _embedding(entry: Entry, obj: dict[str, Any]) -> None:
@@ -87,15 +92,8 @@ def _ollama_objects(answer: Answer) -> Iterator[dict[str, Any]]:
         yield _one_object(answer)
         return
     for line in b"".join(answer.chunks).split(b"\n"):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise Incomplete("a stream line is not JSON") from None
-        if not isinstance(obj, dict) or "error" in obj:
-            raise Incomplete("the stream carries an error")
-        yield obj
+        if line.strip():
+            yield _object(line, "a stream line")
 
 
 def _ollama_piece(entry: Entry, obj: dict[str, Any]) -> None:
@@ -129,13 +127,7 @@ def _openai(entry: Entry, answer: Answer) -> None:
     for event in events:
         if event.strip() == DONE:
             break
-        try:
-            obj = orjson.loads(event)
-        except orjson.JSONDecodeError:
-            raise Incomplete("a stream event is not JSON") from None
-        if not isinstance(obj, dict) or obj.get("error"):
-            raise Incomplete("the stream carries an error")
-        _openai_object(entry, obj, "delta", calls)
+        _openai_object(entry, _object(event, "a stream event"), "delta", calls)
     entry.tool_calls = [calls[i] for i in sorted(calls)]
     if "finish_reason" not in entry.final:
         raise Incomplete("the stream has no finish_reason")
