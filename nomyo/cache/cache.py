@@ -20,8 +20,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from .assemble import Answer, Incomplete, assemble
 from .config import CacheConfig
 from .entry import CorruptEntry, Entry
@@ -29,7 +27,7 @@ from .guard import GuardedStore, Throttle
 from .inflight import Flight, Flights
 from .replay import Replay, replay
 from .request import CacheRequest, build_request
-from .semantic import Embedder, EmbeddingFailed, SemanticIndex, request_vector
+from .semantic import Embedder, EmbeddingFailed, NoIndex
 from .stats import Counters
 from .stores.base import Record, Store, Totals, tag
 from .stores.memory import MemoryStore
@@ -66,7 +64,7 @@ class ResponseCache:
         self.embedder = embedder
         self.throttle = Throttle()
         self.storage = GuardedStore(store or make_store(config), config.lookup_timeout, self.throttle)
-        self.index = SemanticIndex(config.max_entries)
+        self.index = self._semantic_index()
         self.flights = Flights()
         self.counters = Counters()
         self.last_totals = Totals()
@@ -76,6 +74,15 @@ class ResponseCache:
     @property
     def semantic(self) -> bool:
         return self.config.semantic and self.embedder is not None
+
+    def _semantic_index(self):
+        """The vector index, when semantic matching is on (numpy and usearch load only then)."""
+
+        if not self.semantic:
+            return NoIndex()
+        from .vector_index import SemanticIndex
+
+        return SemanticIndex(self.config.max_entries)
 
     async def start(self) -> None:
         """Open the store, rebuild the semantic index from it, and keep the size figures fresh."""
@@ -151,6 +158,8 @@ class ResponseCache:
 
     async def _semantic(self, req: CacheRequest) -> Hit | None:
         try:
+            from .vector_index import request_vector
+
             req.vector = await request_vector(self.embedder, req.texts, self.config.history_weight,
                                               self.prefix, self.config.embedding_timeout)
         except EmbeddingFailed as exc:
@@ -201,7 +210,7 @@ class ResponseCache:
             return None
         self.flights.publish(req.key, entry)
         expires = time.time() + self.config.ttl if self.config.ttl else None
-        vector = req.vector.astype(np.float32).tobytes() if req.vector is not None else None
+        vector = req.vector.tobytes() if req.vector is not None else None
         record = Record(req.key, entry.to_bytes(), req.model_key, req.scope, req.context if vector else "",
                         vector, expires, req.words)
         evicted = await self.storage.put(record)
@@ -216,8 +225,7 @@ class ResponseCache:
 
     def _index(self, record: Record) -> None:
         if record.vector and record.context:
-            vector = np.frombuffer(record.vector, dtype=np.float32).copy()
-            self.index.add(record.key, record.context, vector, record.expires_at, record.words)
+            self.index.add_bytes(record.key, record.context, record.vector, record.expires_at, record.words)
 
     # ------------------------------------------------------------------------------------------
     # Administration

@@ -19,8 +19,8 @@ import pytest
 from nomyo.cache.assemble import Answer
 from nomyo.cache.cache import ResponseCache
 from nomyo.cache.config import DEFAULT_SIMILARITY
-from nomyo.cache.semantic import request_vector
 from nomyo.cache.texts import semantic_texts
+from nomyo.cache.vector_index import SemanticIndex, request_vector
 from nomyo.cache.vectors import FLAT_LIMIT, GraphVectors
 from tests.cache.answers import ollama_chat
 from tests.cache.conftest import cache_config
@@ -191,8 +191,7 @@ async def test_a_context_grows_from_exact_vectors_into_a_graph_with_removals():
     """Past FLAT_LIMIT vectors a context is rebuilt as an HNSW graph (in a thread) while it keeps
     answering; entries removed meanwhile and afterwards are never found again."""
 
-    cache = ResponseCache(cache_config(embedding_model="e5"))
-    index = cache.index
+    index = SemanticIndex(max_entries=10_000)
     rng = np.random.default_rng(7)
     vectors = rng.standard_normal((FLAT_LIMIT + 50, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
