@@ -35,6 +35,7 @@ from .texts import embedding_prefix, same_words_reordered
 
 log = logging.getLogger("nomyo.cache")
 TOTALS_INTERVAL = 15.0
+REFOLLOW_DELAY = 1.0
 
 
 @dataclass(slots=True)
@@ -69,7 +70,7 @@ class ResponseCache:
         self.counters = Counters()
         self.last_totals = Totals()
         self.prefix = embedding_prefix(config.embedding_prefix, config.embedding_model or "")
-        self._refresher: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     @property
     def semantic(self) -> bool:
@@ -90,15 +91,19 @@ class ResponseCache:
         if not self.config.enabled:
             return
         await self.storage.open()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._refresh(), name="cache totals"))
+        if self.semantic and hasattr(self.storage.store, "follow"):
+            self._tasks.append(loop.create_task(self._follow(), name="cache vectors of other routers"))
         if self.semantic:
             async for record in self.storage.vectors():
                 self._index(record)
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="cache totals")
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
-            await asyncio.gather(self._refresher, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         await self.index.close()
         await self.storage.close()
 
@@ -107,7 +112,21 @@ class ResponseCache:
             await self.refresh_totals()
             await asyncio.sleep(TOTALS_INTERVAL)
 
+    async def _follow(self) -> None:
+        """Index what other routers store in a shared store (Redis), for as long as we run."""
+
+        while True:
+            try:
+                async for record in self.storage.store.follow():
+                    if record.key not in self.index.entries:
+                        self._index(record)
+            except Exception as exc:  # Redis down: retried; the lookups say so in the log
+                self.throttle.warn("follow", f"cache: cannot follow other routers' entries: {type(exc).__name__}")
+            await asyncio.sleep(REFOLLOW_DELAY)
+
     async def refresh_totals(self) -> Totals:
+        if not self.config.enabled:
+            return self.last_totals
         totals = await self.storage.totals()
         if totals is not None:
             self.last_totals = totals
@@ -234,6 +253,8 @@ class ResponseCache:
         """Drop every entry, or a model's, or a scope's (both: their intersection). Raises
         StoreUnavailable when the store cannot do it (the endpoint answers 503)."""
 
+        if not self.config.enabled:
+            return 0
         dropped = await self.storage.invalidate(model, scope)
         if model is None and scope is None:
             self.index.clear()

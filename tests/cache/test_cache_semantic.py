@@ -25,6 +25,7 @@ from nomyo.cache.vectors import FLAT_LIMIT, GraphVectors
 from tests.cache.answers import ollama_chat
 from tests.cache.conftest import cache_config
 from tests.cache.pairs import NEAR_MISSES, PARAPHRASES
+from tests.conftest import eventually
 
 E5 = "multilingual-e5-small-q4"
 
@@ -204,3 +205,17 @@ async def test_a_context_grows_from_exact_vectors_into_a_graph_with_removals():
     assert index.best("ctx", vectors[9])[:1] == ("k9",)
     assert index.best("ctx", vectors[5])[0] != "k5" and index.best("ctx", vectors[7])[0] != "k7"
     assert len(index) == FLAT_LIMIT + 48
+
+
+async def test_routers_sharing_redis_find_each_others_paraphrases(e5_server, redis_server):
+    """Router one answers a question; router two, already running, gets a semantic hit for a
+    paraphrase of it (the vector reached its index through Redis)."""
+
+    one = await semantic_cache(e5_server, backend="redis", redis_url=redis_server.url)
+    two = await semantic_cache(e5_server, backend="redis", redis_url=redis_server.url)
+    await store(one, chat("How many legs does a spider have?"))
+    await eventually(lambda: len(two.index) == 1, timeout=10, what="the vector reached router two")
+    hit = await lookup(two, chat("How many legs do spiders have?"))
+    assert hit is not None and hit.semantic
+    await one.close()
+    await two.close()

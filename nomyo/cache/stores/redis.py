@@ -3,7 +3,8 @@
 Each entry is a hash under `nomyo:cache:e:<scope tag>:<model tag>:<hash>` (the exact key) (v: the entry, x: its
 vector, c: its context key, m/s: model and scope, w: the word-order guard) with Redis' own expiry as the TTL, so every
 router sharing the server sees an entry the moment one stores it, and expiry costs nothing.
-Invalidation by model or scope is a SCAN over the tags in the key names. The size bound is
+Invalidation by model or scope is a SCAN over the tags in the key names. Stored vectors are
+also appended to a capped stream that every router follows, so their semantic indexes agree. The size bound is
 Redis' own: give the server a `maxmemory` with an `allkeys-lru` (or `volatile-lru`) policy.
 """
 
@@ -17,6 +18,9 @@ import redis.asyncio as aioredis
 from .base import Record, Totals, tag
 
 PREFIX = "nomyo:cache:e:"
+STREAM = "nomyo:cache:vectors"  # every stored vector, for the other routers' semantic indexes
+STREAM_LENGTH = 100_000  # about; older news is in the entries themselves (read at start)
+FOLLOW_BLOCK_MS = 1000
 SCAN_BATCH = 500
 
 
@@ -59,8 +63,27 @@ class RedisStore:
             pipe.hset(name, mapping=fields)
             if record.expires_at is not None:
                 pipe.pexpireat(name, int(record.expires_at * 1000))
+            if record.vector is not None:
+                news = {"k": record.key, "c": record.context, "x": record.vector, "w": record.words,
+                        "e": repr(record.expires_at) if record.expires_at is not None else ""}
+                pipe.xadd(STREAM, news, maxlen=STREAM_LENGTH, approximate=True)
             await pipe.execute()
         return []
+
+    async def follow(self) -> AsyncIterator[Record]:
+        """The vectors other routers store from now on (so a paraphrase of a question another
+        router answered is a hit here too). Raises when Redis fails; the caller retries."""
+
+        last = "$"
+        while True:
+            replies = await self._redis().xread({STREAM: last}, block=FOLLOW_BLOCK_MS, count=100)
+            for _stream, items in replies or ():
+                for message_id, fields in items:
+                    last = message_id
+                    expires = fields.get(b"e") or b""
+                    yield Record(_text(fields.get(b"k")), b"", context=_text(fields.get(b"c")),
+                                 vector=fields.get(b"x"), expires_at=float(expires) if expires else None,
+                                 words=_text(fields.get(b"w")))
 
     async def delete(self, keys: list[str]) -> None:
         if keys:
