@@ -135,7 +135,8 @@ def refusal(config: CacheConfig, req: CacheRequest, payload: dict[str, Any]) -> 
     temperature, seed = _sampling(req.dialect, payload)
     if _positive(temperature) and seed is None and not config.nondeterministic:
         return "nondeterministic"
-    if req.dialect == "openai" and _positive((payload.get("n") or 1) - 1):
+    choices = payload.get("n")
+    if req.dialect == "openai" and _positive(choices) and choices != 1:
         return "several choices"
     return ""
 
