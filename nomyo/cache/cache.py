@@ -175,21 +175,29 @@ class ResponseCache:
             return None
         return entry
 
-    async def _semantic(self, req: CacheRequest) -> Hit | None:
-        try:
-            from .vector_index import request_vector
+    async def _embed(self, req: CacheRequest) -> bool:
+        """Set `req.vector` (kept for storing the answer); False when the embedding failed."""
 
+        from .vector_index import request_vector
+
+        try:
             req.vector = await request_vector(self.embedder, req.texts, self.config.history_weight,
                                               self.prefix, self.config.embedding_timeout)
         except EmbeddingFailed as exc:
             self.counters.embedding_failures += 1
             self.throttle.warn("embedding", f"cache embedding with {self.config.embedding_model} failed, "
                                             f"exact matches only: {exc}")
+            return False
+        return True
+
+    async def _semantic(self, req: CacheRequest) -> Hit | None:
+        if not await self._embed(req):
             return None
         started = time.perf_counter()
         found = self.index.best(req.context, req.vector)
         hit = None
-        if found is not None and found[1] >= self.config.similarity and not same_words_reordered(found[2], req.words):
+        similar = found is not None and found[1] >= self.config.similarity
+        if similar and not same_words_reordered(found[2], req.words):
             entry = await self._fetch(found[0], req.route)
             if entry is None:
                 self.index.remove(found[0])
@@ -228,6 +236,8 @@ class ResponseCache:
             log.debug("not caching %s: %s", req.route, exc)
             return None
         self.flights.publish(req.key, entry)
+        if not req.lookup and req.context and self.semantic:
+            await self._embed(req)  # asked with no-cache: not embedded by a lookup
         expires = time.time() + self.config.ttl if self.config.ttl else None
         vector = req.vector.tobytes() if req.vector is not None else None
         record = Record(req.key, entry.to_bytes(), req.model_key, req.scope, req.context if vector else "",

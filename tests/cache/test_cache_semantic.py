@@ -219,3 +219,12 @@ async def test_routers_sharing_redis_find_each_others_paraphrases(e5_server, red
     assert hit is not None and hit.semantic
     await one.close()
     await two.close()
+
+
+async def test_an_answer_fetched_with_no_cache_is_still_found_by_paraphrase(e5_server):
+    cache = await semantic_cache(e5_server)
+    req = cache.request("/api/chat", chat("Who wrote Romeo and Juliet?"), "", {"X-Nomyo-Cache": "no-cache"})
+    assert await cache.lookup(req) is None and cache.counters.misses == 0  # not even looked up
+    await cache.store(req, Answer("/api/chat", True, chunks=ollama_chat("llama3", True)))
+    assert (await lookup(cache, chat("Who is the author of Romeo and Juliet?"))).semantic
+    await cache.close()
