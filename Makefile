@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/nomyo/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test lint bench bench-fleet clean browser node-clients
+.PHONY: setup run demo test lint bench bench-cache bench-fleet clean browser node-clients
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ lint: setup
 
 bench: setup
 	$(PY) -m tests.bench
+	$(PY) -m tests.bench.cache
+
+# The response cache alone (in-process): the 100k-vector lookup, key cost, miss and hit costs.
+bench-cache: setup
+	$(PY) -m tests.bench.cache
 
 bench-fleet: setup
 	$(PY) -m tests.bench.fleet

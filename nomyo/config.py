@@ -23,6 +23,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from .cache.config import CACHE_KEYS, CacheConfig, read_cache_config
 from .endpoint_config import ENDPOINT_TYPES, EndpointBuilder, EndpointConfig
 from .names import normalize_model
 from .yaml_fields import ConfigError, FieldReader, expand_env
@@ -34,13 +35,8 @@ DEFAULT_LISTEN = "127.0.0.1:12434"
 DEFAULT_DB_PATH = "/var/lib/nomyo/usage.db"
 
 # Keys of the original router that have no meaning here; accepted so an existing file keeps
-# working, and reported once as ignored.
-IGNORED_ORIGINAL_KEYS = frozenset(
-    {
-        "cache_enabled", "cache_backend", "cache_similarity", "cache_ttl", "cache_db_path",
-        "cache_redis_url", "cache_history_weight", "cache_max_entries",
-    }
-)
+# working, and reported once as ignored. (Its cache_* keys are read by nomyo.cache.config.)
+IGNORED_ORIGINAL_KEYS: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +78,7 @@ class Config:
     usage_stream_heartbeat: float = 15.0
     # model (normalised) -> what /api/show says it can do, for OpenAI-compatible backends' models
     model_capabilities: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    cache: CacheConfig = field(default_factory=CacheConfig)
     warnings: tuple[str, ...] = ()
 
     @property
@@ -105,7 +102,7 @@ TOP_KEYS = frozenset(
         "client_header_timeout", "client_body_timeout", "keepalive_timeout", "max_connections",
         "model_capabilities",
     }
-)
+) | CACHE_KEYS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ROUTING_POLICIES = ("loaded-first", "original")
 CAPABILITIES = ("completion", "embedding", "tools", "vision", "thinking", "insert")
@@ -234,6 +231,7 @@ def build_config(data: Any, path: str) -> Config:
         usage_stream_interval=top.number("usage_stream_interval", 0.25, minimum=0.01),
         usage_stream_heartbeat=top.number("usage_stream_heartbeat", 15.0, minimum=0.1),
         model_capabilities=MappingProxyType(_model_capabilities(top)),
+        cache=read_cache_config(top),
         warnings=tuple(warnings),
         **front_door,
     )

@@ -10,3 +10,8 @@ if TYPE_CHECKING:
     from .router import Router
 
 ROUTER: web.AppKey[Router] = web.AppKey("router")
+
+if TYPE_CHECKING:
+    from .cache.cache import ResponseCache
+
+CACHE: web.AppKey[ResponseCache] = web.AppKey("cache")

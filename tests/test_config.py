@@ -43,7 +43,7 @@ def test_original_format_is_accepted_unchanged(tmp_path, monkeypatch):
     assert by_url["http://localhost:8080/v1"].api_key == "llama-server"
     assert config.router_api_keys == {}
     assert config.listen == "127.0.0.1:12434"
-    assert any("cache_enabled: not supported, ignored" in w for w in config.warnings)
+    assert config.cache.enabled is False and not config.warnings
 
 
 def test_rich_endpoint_form(tmp_path, monkeypatch):
