@@ -16,7 +16,9 @@ needs: no cookies, redirects, proxies or decompression.
 """
 
 from .errors import BrokenBody, ConnectTimeout, FirstByteTimeout, NotHttp
-from .pool import Origin, Pool, split_url
+from .pool import Pool
+from .request import Origin, Target, parse_target
 from .response import Response
 
-__all__ = ["BrokenBody", "ConnectTimeout", "FirstByteTimeout", "NotHttp", "Origin", "Pool", "Response", "split_url"]
+__all__ = ["BrokenBody", "ConnectTimeout", "FirstByteTimeout", "NotHttp", "Origin", "Pool", "Response", "Target",
+           "parse_target"]

@@ -22,7 +22,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from .errors import BrokenBody, FirstByteTimeout, NotHttp, lost_before_answer, lost_mid_body
 
 if TYPE_CHECKING:
-    from .pool import Origin
+    from .request import Origin
 
 HIGH_WATER = 256 * 1024  # bytes of answer held before the transport stops reading
 NO_BODY_STATUSES = (204, 304)

@@ -15,76 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable, Mapping
-from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from .connection import HIGH_WATER, Connection
 from .errors import ConnectTimeout, cannot_connect
+from .request import Headers, Origin, Target, encode_request, parse_target
 from .response import Response
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
-BODILESS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"))
-FRAMING = frozenset(("content-length", "transfer-encoding"))  # the pool frames the body itself
 TARGETS_KEPT = 1024
-
-Headers = Mapping[str, str] | Iterable[tuple[str, str]]
-
-
-class Origin(NamedTuple):
-    """Where connections go; connections are pooled per origin."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
-
-
-def split_url(url) -> tuple[Origin, str]:
-    """(origin, request target) of a URL string, a yarl URL, or an (origin, target) pair."""
-
-    if isinstance(url, tuple):
-        return url
-    if not isinstance(url, str):  # a yarl.URL
-        return Origin(url.host, url.port, url.scheme == "https"), url.raw_path_qs
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise aiohttp.InvalidURL(url)
-    tls = parts.scheme == "https"
-    target = parts.path or "/"
-    if parts.query:
-        target = f"{target}?{parts.query}"
-    return Origin(parts.hostname, parts.port or (443 if tls else 80), tls), target
-
-
-def encode_request(method: str, target: str, origin: Origin, headers: Headers, body: bytes) -> bytes:
-    """The request line and headers. Host comes from the origin unless given; Content-Length
-    is always the pool's (a given one, or Transfer-Encoding, is dropped). A CR or LF inside a
-    name or value is refused: it would smuggle a header or a second request."""
-
-    lines = [f"{method} {target} HTTP/1.1\r\n"]
-    has_host = False
-    for name, value in headers.items() if isinstance(headers, Mapping) else headers:
-        lower = name.lower()
-        if lower in FRAMING:
-            continue
-        has_host = has_host or lower == "host"
-        lines.append(f"{name}: {value}\r\n")
-    if not has_host:
-        lines.append(f"Host: {origin.host_header}\r\n")
-    if body or method not in BODILESS:
-        lines.append(f"Content-Length: {len(body)}\r\n")
-    lines.append("\r\n")
-    head = "".join(lines)
-    if head.count("\n") != len(lines) or head.count("\r") != len(lines):
-        raise ValueError("a request header or the request line contains a line break")
-    return head.encode("utf-8", "surrogateescape")
 
 
 class Pool:
@@ -101,26 +41,28 @@ class Pool:
         self._ssl_context = ssl_context
         self._idle: dict[Origin, list[Connection]] = {}
         self._busy: set[Connection] = set()
-        self._targets: dict[str, tuple[Origin, str]] = {}
+        self._targets: dict[object, Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
 
     async def request(self, method: str, url, headers: Headers = (), body: bytes = b"", *,
                       connect_timeout: float | None = None, first_byte_timeout: float | None = None) -> Response:
-        """Send one request and return its answer once the headers came.
+        """Send one request and return its answer once the headers came. `url` is a string, a
+        yarl URL, an (Origin, path) pair or a Target.
 
         Raises the aiohttp exceptions listed in nomyo/wire/errors.py; a request cancelled while
         waiting closes its connection."""
 
-        origin, target = self._split(url)
-        payload = encode_request(method, target, origin, headers, body)
+        target = self._target(url)
+        origin = target.origin
+        payload = encode_request(method, target, headers, body)
         retry = True
         while True:
             conn, reused = await self._acquire(origin, connect_timeout)
             sent = False
             try:
-                sent = conn.send(payload, body, method, target)
+                sent = conn.send(payload, body, method, target.path)
                 if not sent:
                     raise aiohttp.ServerDisconnectedError("the backend closed the connection before the request")
                 await conn.wait_answer(first_byte_timeout)
@@ -174,14 +116,14 @@ class Pool:
 
     # --- inside ------------------------------------------------------------------------------
 
-    def _split(self, url) -> tuple[Origin, str]:
-        if not isinstance(url, str):
-            return split_url(url)
+    def _target(self, url) -> Target:
+        """Parsed once per distinct URL (a router asks the same few paths of the same backends)."""
+
         found = self._targets.get(url)
         if found is None:
             if len(self._targets) >= TARGETS_KEPT:
                 self._targets.clear()
-            found = self._targets[url] = split_url(url)
+            found = self._targets[url] = parse_target(url)
         return found
 
     async def _acquire(self, origin: Origin, timeout: float | None) -> tuple[Connection, bool]:

@@ -10,7 +10,8 @@ from multidict import CIMultiDict
 from .connection import Connection
 
 if TYPE_CHECKING:
-    from .pool import Origin, Pool
+    from .pool import Pool
+    from .request import Origin
 
 
 class Response:

@@ -16,9 +16,11 @@ import time
 import aiohttp
 import orjson
 import pytest
+from yarl import URL
 
 from nomyo.upstream import RETRYABLE, describe
-from nomyo.wire import BrokenBody, ConnectTimeout, FirstByteTimeout, NotHttp, Pool
+from nomyo.wire import BrokenBody, ConnectTimeout, FirstByteTimeout, NotHttp, Origin, Pool, parse_target
+from nomyo.wire.request import encode_request
 from tests.conftest import eventually
 from tests.wire.servers import LAST_CHUNK, RawServer, answer, chunk, chunked_head, keep_answering, reset
 
@@ -487,3 +489,17 @@ async def test_https_backends(certificate, pool):
         assert describe(caught.value).startswith("cannot connect (") and isinstance(caught.value, RETRYABLE)
     finally:
         await server.stop()
+
+
+def test_request_bytes():
+    """Host from the URL (no default port, IPv6 in brackets) unless the caller gives one;
+    Content-Length always the pool's own; GET without a body has none."""
+
+    post = encode_request("POST", parse_target(URL("http://[::1]:8080/v1/chat?x=1")),
+                          [("Content-Length", "999"), ("Accept", "*/*")], b"{}")
+    assert post == b"POST /v1/chat?x=1 HTTP/1.1\r\nAccept: */*\r\nHost: [::1]:8080\r\nContent-Length: 2\r\n\r\n"
+    get = encode_request("GET", parse_target("https://api.example.com/models"), {"host": "other"}, b"")
+    assert get == b"GET /models HTTP/1.1\r\nhost: other\r\n\r\n"
+    assert parse_target("http://h/").origin == Origin("h", 80, False)
+    with pytest.raises(aiohttp.InvalidURL):
+        parse_target("ftp://h/")
