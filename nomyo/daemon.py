@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .app import build_app
 from .config import Config, ConfigError, load_config
+from .gctune import tune_gc
 from .keys import ROUTER
 from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
@@ -44,6 +45,7 @@ class Daemon:
         site = web.TCPSite(self.runner, self.config.listen_host, self.config.listen_port,
                            backlog=1024, reuse_address=True)
         await site.start()
+        tune_gc()  # start-up is done: what it built is frozen out of the collector's view
         for warning in self.config.warnings:
             log.warning("%s", warning)
         log.info("listening on http://%s with %d backends", self.config.listen, len(self.config.endpoints))
