@@ -7,7 +7,10 @@ reader looks at the attributes again. Nothing is scheduled per chunk beyond that
 
 Backpressure: body pieces pile up in `chunks` until the reader takes them; past `high_water`
 bytes the transport stops reading, so a slow reader makes the backend's send buffer fill and
-its writes block (TCP does the rest). Writes honour the transport's pause/resume.
+its writes block (TCP does the rest). The other way, the request body is bytes already in
+memory: it is handed to the transport in one call, which sends it as fast as the backend reads
+it, while the answer is awaited (a backend may answer before reading it all); there is nothing
+more to hold back, so the transport's pause/resume_writing are left as no-ops.
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.fd = -1
         self.lost = False
-        self.write_paused = False
         self.idle_since = 0.0
         self._start("", "", head=False)
         self.active = False
@@ -77,9 +79,7 @@ class Connection(asyncio.Protocol):
         return True
 
     async def wait_answer(self, timeout: float | None) -> None:
-        """Wait for the answer's headers, `timeout` seconds at most from now. Meanwhile the
-        request is written out at the pace the backend reads it (a backend may also answer
-        early, without reading all of it)."""
+        """Wait for the answer's headers, `timeout` seconds at most from now."""
 
         timer = self._loop.call_later(timeout, self._time_out, timeout) if timeout is not None else None
         try:
@@ -188,7 +188,6 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost = True
-        self.write_paused = False
         if self.active and not self.message_done and self.failure is None:
             if self.headers_done and self.until_close and exc is None:
                 self.message_done = True  # a body delimited by the close ends here, whole
@@ -196,13 +195,6 @@ class Connection(asyncio.Protocol):
                 self.failure = lost_mid_body(exc)
             else:
                 self.failure = lost_before_answer(exc, partial=self.received)
-        self._wake()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
         self._wake()
 
     # --- httptools callbacks -----------------------------------------------------------------

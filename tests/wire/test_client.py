@@ -6,6 +6,7 @@ when it cannot be trusted. Every test runs on asyncio's own loop and on uvloop (
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import shutil
 import socket
@@ -403,6 +404,28 @@ async def test_a_slow_reader_holds_the_backend_back(serve, pool):
         mismatch += piece != (block * (len(piece) // len(block) + 2))[received % len(block):][:len(piece)]
         received += len(piece)
     assert received == total and mismatch == 0
+    response.release()
+
+
+async def test_a_large_body_to_a_backend_that_reads_slowly(serve, pool):
+    """An 8 MB request body to a backend that reads it 64 KiB at a time with pauses: far more
+    than the socket buffers hold, so the transport sends it as the backend reads; the answer
+    comes after the last byte, and every byte arrived."""
+
+    async def script(reader, writer, server):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        received = bytearray()
+        while len(received) < length:
+            received += await reader.read(65536)
+            await asyncio.sleep(0.001)
+        writer.write(answer(body=b"%d %d" % (len(received), sum(received[::4096]))))
+        await writer.drain()
+
+    server = await serve(script)
+    body = bytes(range(256)) * 32768
+    response = await pool().request("POST", server.url(), {"Content-Type": "application/octet-stream"}, body)
+    assert await response.read() == b"%d %d" % (len(body), sum(body[::4096]))
     response.release()
 
 
