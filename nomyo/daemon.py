@@ -20,6 +20,7 @@ from aiohttp import web
 from .app import build_app
 from .config import Config, ConfigError, load_config
 from .connections import GuardedRunner, Limits, raise_file_limit
+from .gctune import tune_gc
 from .keys import ROUTER
 from .logs import set_level
 from .systemd import Notifier, cancel_quietly, watchdog, watchdog_interval
@@ -62,6 +63,7 @@ class Daemon:
         except OSError:
             await self.runner.cleanup()  # the router's session and tasks, before the error is told
             raise
+        tune_gc()  # start-up is done: what it built is frozen out of the collector's view
         for warning in self.config.warnings:
             log.warning("%s", warning)
         log.info("listening on http://%s with %s", self.config.listen, counted(len(self.config.endpoints), "backend"))

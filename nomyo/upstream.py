@@ -187,6 +187,8 @@ def describe(exc: BaseException, timeout: float | None = None) -> str:
     """Why a backend could not be reached or stopped answering, in an operator's words, without
     internals. `timeout`: the limit that applied, when the failure is a timeout of a whole call."""
 
+    if type(exc).__module__.startswith("nomyo."):
+        return str(exc)  # our own client's failures word themselves (and carry no URL)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
     if isinstance(exc, aiohttp.ConnectionTimeoutError) or (isinstance(exc, TimeoutError) and not timeout):
