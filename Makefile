@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= etc/nomyo/config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup run demo test lint bench bench-cache bench-fleet clean browser node-clients
+.PHONY: setup run demo test lint bench bench-tools bench-cache bench-fleet clean browser node-clients
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,7 +54,13 @@ test: setup browser node-clients $(if $(filter 1,$(NOMYO_SKIP_LLAMA)),,$(LLAMA_S
 lint: setup
 	$(VENV)/bin/ruff check nomyo tests
 
-bench: setup
+# make bench drives the router with wrk (Debian's package): installed here when missing and we may (root).
+bench-tools:
+	@command -v wrk >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk; } || \
+		echo "wrk is missing: install Debian's wrk"
+
+bench: setup bench-tools
 	$(PY) -m tests.bench
 	$(PY) -m tests.bench.cache
 
