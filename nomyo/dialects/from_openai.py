@@ -14,7 +14,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import orjson
 
 from .context import encode
@@ -283,9 +282,11 @@ def _ms_to_ns(value: Any) -> int | None:
 # -- embeddings -----------------------------------------------------------------------------------
 
 
-def l2_normalize32(vector: list[float]) -> np.ndarray:
+def l2_normalize32(vector: list[float]):
     """Unit length in float32, as Ollama's /api/embed computes and writes its vectors: a float32
     array is written with float32's shortest digits (`0.012345679`, not `0.012345678901`)."""
+
+    import numpy as np  # only translated embeddings need it: ~15 MB the router's idle RSS need not carry
 
     values = np.asarray(vector, dtype=np.float32)
     norm = np.float32(np.sqrt(np.dot(values, values)))
