@@ -7,6 +7,8 @@ counts by. Handlers then differ only in what they check and how the answer is de
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from ..access import access_of
@@ -23,8 +25,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused with 413 once it is larger than `limit` (a claimed length
     over it is refused before any of it is read)."""
 
-    if request.content_length is not None and request.content_length > limit:
-        raise RouterError(413, "request body too large")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise RouterError(413, "request body too large")
+        try:
+            return await request.content.readexactly(length) if length else b""  # the usual case: one copy
+        except asyncio.IncompleteReadError:
+            raise RouterError(400, "the request body was cut short") from None
     chunks, size = [], 0
     while chunk := await request.content.readany():
         size += len(chunk)
