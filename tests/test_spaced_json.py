@@ -27,27 +27,39 @@ def answer(obj: dict):
     return handler
 
 
-class SpacedOllama:
-    """An Ollama-compatible server written in Python: spaced JSON, final line split across writes."""
+class SmallServer:
+    """An aiohttp app on a free loopback port; subclasses add their routes and say their base."""
+
+    base = ""
 
     def __init__(self) -> None:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/api/tags", answer({"models": [{"name": "py:latest", "model": "py:latest", "size": 1}]}))
-        app.router.add_get("/api/ps", answer({"models": []}))
-        app.router.add_get("/api/version", answer({"version": "0.12.3"}))
-        app.router.add_post("/api/chat", self._chat)
+        self.routes(app)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}{self.base}"
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+
+
+class SpacedOllama(SmallServer):
+    """An Ollama-compatible server written in Python: spaced JSON, final line split across writes."""
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/tags", answer({"models": [{"name": "py:latest", "model": "py:latest", "size": 1}]}))
+        app.router.add_get("/api/ps", answer({"models": []}))
+        app.router.add_get("/api/version", answer({"version": "0.12.3"}))
+        app.router.add_post("/api/chat", self._chat)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -93,26 +105,15 @@ async def test_spaced_whole_answer_counts(backends, start_router, http, caplog):
     assert "tokens=27/2 outcome=ok" in caplog.text
 
 
-class TerseSSE:
+class TerseSSE(SmallServer):
     """An OpenAI-compatible server that writes `data:{...}` without the space, CRLF line ends,
     and spaced JSON inside."""
 
-    def __init__(self) -> None:
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+    base = "/v1"
 
-    async def start(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/models", answer({"object": "list", "data": [{"id": "terse", "object": "model"}]}))
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
